@@ -1,0 +1,3 @@
+"""chimed-ray: train and serve a Chinese medical LLM the ChiMed-GPT way on Ray."""
+
+__version__ = "0.1.0"

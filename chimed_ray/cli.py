@@ -1,0 +1,74 @@
+"""`chimed-ray <stage> --config configs/<stage>/x.yaml key=value ...`
+
+Each stage module exposes `main(argv) -> int`; this file only dispatches and turns known input
+errors into one clear line and a non-zero exit code instead of a traceback wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
+
+STAGES = {
+    "pretrain": ("chimed_ray.trainers.pretrain", "continued pretraining on medical text (Ray Train)"),
+    "sft": ("chimed_ray.trainers.sft", "supervised fine-tuning, loss on answers only (Ray Train)"),
+    "reward": ("chimed_ray.trainers.reward", "pairwise reward model (Ray Train)"),
+    "ppo": ("chimed_ray.trainers.ppo", "PPO / GRPO / RLOO / REINFORCE++ on Ray actor groups"),
+    "rejection-sampling": ("chimed_ray.trainers.rejection_sampling", "reward-guided rejection sampling"),
+    "dpo": ("chimed_ray.trainers.dpo", "offline preference optimisation: DPO, IPO, SimPO, ORPO"),
+    "eval": ("chimed_ray.evaluation.run", "MCQ, NER, QA/dialogue and bias-scale evaluation"),
+    "serve": ("chimed_ray.serving.run", "OpenAI-compatible Ray Serve app for checkpoints"),
+    "pipeline": ("chimed_ray.pipeline", "PT -> SFT -> RM -> RLHF -> eval -> serve"),
+}
+
+
+def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser every stage shares: `--config FILE` and trailing `key=value` overrides."""
+    parser = argparse.ArgumentParser(prog=f"chimed-ray {stage}", description=description)
+    parser.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
+    return parser
+
+
+def parse_stage_config(
+    stage: str, config_cls: type[T], argv: Sequence[str], parser: argparse.ArgumentParser | None = None
+) -> tuple[T, argparse.Namespace]:
+    """Parse `argv` for `stage` into a validated `config_cls` (plus the parsed namespace)."""
+    from chimed_ray.config import load_config
+
+    parser = parser or stage_parser(stage, STAGES[stage][1])
+    args = parser.parse_args(list(argv))
+    return load_config(config_cls, args.config, args.overrides), args
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from chimed_ray.config import ConfigError
+    from chimed_ray.utils.files import InputError
+
+    return (ConfigError, InputError, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `chimed-ray` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
+        lines = [f"  {name:<20} {help_}" for name, (_, help_) in STAGES.items()]
+        print("usage: chimed-ray <stage> [--config FILE] [key=value ...]\n\nstages:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nchimed-ray: error: unknown stage {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(STAGES[argv[0]][0])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except _known_errors() as exc:
+        print(f"chimed-ray {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Turn normalised records into training tensors: packed pretraining blocks and SFT examples with
+the loss on answer tokens only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from chimed_ray.data.formats import Message
+from chimed_ray.models.tokenizer import BOT_TAG, HUMAN_TAG
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+def pack_documents(documents: Sequence[str], tokenizer: "PreTrainedTokenizerBase", block_size: int) -> list[list[int]]:
+    """Tokenize documents, join them with EOS and cut the stream into `block_size` blocks.
+
+    The incomplete tail is dropped, as in HF's `run_clm` and nanoGPT.
+    """
+    stream: list[int] = []
+    for text in documents:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.append(tokenizer.eos_token_id)
+    return [stream[start : start + block_size] for start in range(0, len(stream) - block_size + 1, block_size)]
+
+
+def dialogue_segments(messages: list[Message], eos_token: str) -> list[tuple[str, bool]]:
+    """The ChiMed rendering of a dialogue as (text, is_answer) segments.
+
+    Concatenated, the segments equal the tokenizer's chat template output, so what the model is
+    trained on is exactly what serving sends it.
+    """
+    segments: list[tuple[str, bool]] = []
+    prompt = ""
+    for message in messages:
+        if message["role"] == "system":
+            prompt += message["content"] + "\n"
+        elif message["role"] == "user":
+            prompt += HUMAN_TAG + message["content"] + "\n"
+        else:
+            segments.append((prompt + BOT_TAG, False))
+            segments.append((message["content"] + eos_token, True))
+            prompt = "\n"
+    if prompt.strip():
+        segments.append((prompt, False))
+    return segments
+
+
+def tokenize_dialogue(
+    messages: list[Message], tokenizer: "PreTrainedTokenizerBase", max_length: int, train_on_prompt: bool = False
+) -> tuple[list[int], list[int]] | None:
+    """Token ids and labels for one dialogue; labels are IGNORE_INDEX outside answers.
+
+    Every assistant turn of a multi-turn dialogue is a target, including its closing EOS.
+    Returns None when truncation to `max_length` leaves no answer token.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, is_answer in dialogue_segments(messages, tokenizer.eos_token):
+        # split_special_tokens=False keeps "</s>" as the single EOS id.
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids.extend(ids)
+        labels.extend(ids if (is_answer or train_on_prompt) else [IGNORE_INDEX] * len(ids))
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return input_ids, labels
+
+
+@dataclass
+class LMBatch:
+    """A padded causal-LM batch."""
+
+    input_ids: "torch.Tensor"  # [B, T]
+    attention_mask: "torch.Tensor"  # [B, T]
+    labels: "torch.Tensor"  # [B, T], IGNORE_INDEX where no loss
+
+    def to(self, device: "torch.device") -> "LMBatch":
+        return LMBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    def num_target_tokens(self) -> int:
+        # The first position is never a target after the causal shift.
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def collate_lm(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> LMBatch:
+    """Right-pad (input_ids, labels) pairs to the longest in the batch."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, target) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(target)] = torch.tensor(target)
+        attention_mask[row, : len(ids)] = 1
+    return LMBatch(input_ids, attention_mask, labels)

@@ -1,0 +1,1 @@
+"""One file per training stage; shared DeepSpeed engine, loop and Ray Train launcher."""

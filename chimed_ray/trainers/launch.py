@@ -1,0 +1,115 @@
+"""Driver side of every Ray Train stage: connect to Ray, check the cluster, start a TorchTrainer
+running the shared loop, then publish the final HF checkpoint and the loss curve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from chimed_ray.config import TrainStageConfig, check_cluster_fits, dump_config, to_dict
+from chimed_ray.trainers.loop import HF_DIR, train_loop_per_worker
+from chimed_ray.trainers.task import load_task
+from chimed_ray.utils.files import atomic_directory
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            log_to_driver=True,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
+
+
+def _absolute(path: str) -> str:
+    """Make local paths absolute so Ray workers (other cwd) find them; leave URIs alone."""
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(config: TrainStageConfig) -> TrainStageConfig:
+    """The config with output, storage, model and data paths made absolute."""
+    output_dir = _absolute(config.output_dir)
+    data = replace(
+        config.data,
+        train_files=[_absolute(p) if Path(p).exists() else p for p in config.data.train_files],
+        eval_files=[_absolute(p) if Path(p).exists() else p for p in config.data.eval_files],
+    )
+    model = replace(
+        config.model,
+        path=_absolute(config.model.path) if config.model.path else "",
+        tokenizer_path=_absolute(config.model.tokenizer_path) if config.model.tokenizer_path else "",
+    )
+    storage = config.storage_path or str(Path(output_dir) / "ray")
+    return replace(config, output_dir=output_dir, storage_path=_absolute(storage), data=data, model=model)
+
+
+def _prepare_run_dir(config: TrainStageConfig) -> None:
+    """Ray Train V2 resumes automatically from a run directory with the same name. Without
+    `resume=true` an earlier run is moved aside (never deleted) so this one starts fresh."""
+    if "://" in config.storage_path:
+        return
+    run_dir = Path(config.storage_path) / config.run_name
+    if run_dir.exists() and not config.resume:
+        aside = run_dir.with_name(f"{config.run_name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        metrics = Path(config.output_dir) / "metrics.jsonl"
+        if metrics.exists():
+            metrics.rename(aside / "metrics.jsonl")
+
+
+def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
+    """Train with Ray Train; returns `<output_dir>/final`, the HF checkpoint of the last step."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config = resolve_paths(config)
+    ensure_ray()
+    if config.scale.check_cluster:
+        check_cluster_fits(config.scale)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(config)
+    dump_config(config, Path(config.output_dir) / "config.yaml")
+    scale = config.scale
+    resources = {"CPU": scale.cpus_per_worker}
+    if scale.use_gpu:
+        resources["GPU"] = scale.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"task": task_name, "config": to_dict(config)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scale.num_workers, use_gpu=scale.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if scale.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=config.run_name,
+            storage_path=config.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=scale.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.logging.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{task_name}: training finished without a checkpoint")
+    final = Path(config.output_dir) / "final"
+    with result.checkpoint.as_directory() as directory, atomic_directory(final) as tmp:
+        shutil.copytree(Path(directory) / HF_DIR, tmp, dirs_exist_ok=True)
+    _plot(task_name, config)
+    print(f"[chimed-ray {task_name}] final checkpoint: {final}", flush=True)
+    return final
+
+
+def _plot(task_name: str, config: TrainStageConfig) -> None:
+    from chimed_ray.utils.tracking import plot_curves
+
+    task = load_task(task_name)
+    png = plot_curves(Path(config.output_dir) / "metrics.jsonl", Path(config.output_dir) / "loss_curve.png", task.plot_keys, title=f"{task_name}: {config.run_name}")
+    if png is not None:
+        print(f"[chimed-ray {task_name}] loss curve: {png}", flush=True)

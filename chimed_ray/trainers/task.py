@@ -1,0 +1,80 @@
+"""What a Ray Train stage plugs into the shared training loop.
+
+A stage (pretrain, SFT, reward model, DPO) is a `StageTask`: it builds its examples, its model,
+batches, and the loss. The loop in `loop.py` owns everything else (DeepSpeed, sharding, logging,
+evaluation, checkpoints, resume), so no stage re-implements a training loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from chimed_ray.config import TrainStageConfig
+
+TASKS = {
+    "pretrain": "chimed_ray.trainers.pretrain:PretrainTask",
+    "sft": "chimed_ray.trainers.sft:SFTTask",
+    "reward": "chimed_ray.trainers.reward:RewardTask",
+    "dpo": "chimed_ray.trainers.dpo:DPOTask",
+}
+
+
+class StageTask:
+    """Base class; subclasses set `config_cls` and implement the four hooks below."""
+
+    config_cls: type = None  # type: ignore[assignment]
+    # Keys of the metrics dict shown in the progress bar and plotted at the end.
+    plot_keys: tuple[str, ...] = ("train/loss", "eval/loss")
+
+    def build_examples(self, config: "TrainStageConfig", tokenizer: "PreTrainedTokenizerBase") -> tuple[list, list]:
+        """Return (train_examples, eval_examples); identical on every rank."""
+        raise NotImplementedError
+
+    def build_model(self, config: "TrainStageConfig", tokenizer: "PreTrainedTokenizerBase") -> "torch.nn.Module":
+        """Return the (HF) model to train."""
+        from chimed_ray.models import build_causal_lm
+
+        model = build_causal_lm(
+            config.model.path,
+            config.model.tiny,
+            tokenizer,
+            precision="fp32",
+            trust_remote_code=config.model.trust_remote_code,
+            attn_implementation=config.model.attn_implementation,
+            seed=config.optim.seed,
+        )
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+
+    def collate(self, examples: Sequence[Any], tokenizer: "PreTrainedTokenizerBase") -> Any:
+        """Turn a list of examples into a batch with a `.to(device)` method."""
+        raise NotImplementedError
+
+    def compute_loss(self, model: "torch.nn.Module", batch: Any) -> tuple["torch.Tensor", dict[str, float], float]:
+        """Return (loss, metrics, weight); eval averages metrics weighted by `weight`."""
+        raise NotImplementedError
+
+    def save_model(self, model: "torch.nn.Module", state_dict: dict, tokenizer: "PreTrainedTokenizerBase", directory: Path) -> None:
+        """Save the trained model as an HF directory (safetensors + tokenizer)."""
+        model.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(directory))
+
+
+def load_task(name: str) -> StageTask:
+    """Instantiate the task registered under `name`."""
+    module_name, class_name = TASKS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def causal_lm_loss(model: "torch.nn.Module", batch) -> tuple["torch.Tensor", dict[str, float], float]:
+    """Mean next-token cross-entropy over target tokens of an `LMBatch`."""
+    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    tokens = batch.num_target_tokens()
+    return output.loss, {"loss": float(output.loss.detach())}, float(tokens)
