@@ -52,6 +52,19 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, InputError, FileNotFoundError)
 
 
+def _training_failure_message(exc: BaseException) -> str:
+    """One line for a failed Ray run: the user-facing error raised inside a worker if there is
+    one (bad data found while reading), else the first line of Ray's summary."""
+    import re
+
+    text = str(exc)
+    match = re.search(r"(?:InputError|ConfigError|FileNotFoundError): (.+)", text)
+    if match:
+        return match.group(1).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{first} (see the log above; rerun with resume=true to continue from the last checkpoint)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `chimed-ray` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -68,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _known_errors() as exc:
         print(f"chimed-ray {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; show one line, not a wall
+        if type(exc).__module__.startswith("ray."):
+            print(f"chimed-ray {argv[0]}: error: {_training_failure_message(exc)}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from chimed_ray.config.common import (
     check_cluster_fits,
 )
 from chimed_ray.config.loader import ConfigError, check, dump_config, from_dict, load_config, to_dict
-from chimed_ray.config.train import PretrainConfig, SFTConfig, TrainStageConfig
+from chimed_ray.config.train import FaultConfig, PretrainConfig, SFTConfig, TrainStageConfig
 
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "FaultConfig",
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",

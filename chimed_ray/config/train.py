@@ -9,6 +9,20 @@ from chimed_ray.config.loader import check
 
 
 @dataclass
+class FaultConfig:
+    """Fault injection for testing recovery: worker `rank` kills its own process right after the
+    checkpoint of step `kill_at_step`, once (a `marker` file records that it happened)."""
+
+    kill_at_step: int = 0
+    rank: int = 0
+    marker: str = ""
+
+    def validate(self) -> None:
+        check(self.kill_at_step >= 0, "kill_at_step", "must be >= 0 (0 disables)")
+        check(not self.kill_at_step or bool(self.marker), "marker", "is required with kill_at_step")
+
+
+@dataclass
 class TrainStageConfig:
     """Fields every Ray Train stage has. `output_dir` receives `final/` (an HF checkpoint), logs and
     plots; `storage_path` (default `<output_dir>/ray`) holds Ray Train's checkpoints and may be a
@@ -23,6 +37,7 @@ class TrainStageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def validate(self) -> None:
         check(bool(self.output_dir), "output_dir", "must not be empty")

@@ -30,7 +30,7 @@ class ReadStats:
     skipped: int = 0
 
 
-def _expand(path: Path) -> list[Path]:
+def expand_path(path: Path) -> list[Path]:
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             return [path]
@@ -126,7 +126,7 @@ def iter_records(paths: list[str | Path], skip_bad_lines: bool = False, stats: R
     if not paths:
         raise InputError("no data files given")
     for raw in paths:
-        for path in _expand(Path(raw)):
+        for path in expand_path(Path(raw)):
             if path.suffix in (".jsonl", ".json"):
                 yield from _read_json_lines(path, skip_bad_lines, stats)
             elif path.suffix == ".txt":

@@ -59,6 +59,9 @@ def make_optimizer(model: "torch.nn.Module", optim: "OptimConfig", scale: "Scale
         {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # DeepSpeed drops empty groups, which would leave the scheduler with one LR too many; LoRA has
+    # no trainable norms or biases, so its no-decay group is empty.
+    groups = [group for group in groups if group["params"]]
     if scale.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from chimed_ray.config import TrainStageConfig, check_cluster_fits, dump_config, to_dict
-from chimed_ray.trainers.loop import HF_DIR, train_loop_per_worker
+from chimed_ray.trainers.checkpoints import HF_DIR
+from chimed_ray.trainers.loop import train_loop_per_worker
 from chimed_ray.trainers.task import load_task
 from chimed_ray.utils.files import atomic_directory
 
@@ -19,12 +20,12 @@ def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one."""
     import ray
 
+    # Set in the environment, not in ray.init's runtime_env: a job's own runtime_env would
+    # otherwise fail to merge with ours under `ray job submit`.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            log_to_driver=True,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        )
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
 def _absolute(path: str) -> str:
@@ -51,6 +52,22 @@ def resolve_paths(config: TrainStageConfig) -> TrainStageConfig:
     return replace(config, output_dir=output_dir, storage_path=_absolute(storage), data=data, model=model)
 
 
+def check_inputs(config: TrainStageConfig) -> None:
+    """Fail on the driver, before any worker starts, for missing data files or a model directory
+    that is not an HF checkpoint."""
+    from chimed_ray.data.readers import expand_path
+    from chimed_ray.models import is_hf_checkpoint
+    from chimed_ray.utils.files import InputError, require_dir
+
+    for path in config.data.train_files + config.data.eval_files:
+        if "://" not in path:
+            expand_path(Path(path))
+    if config.model.path:
+        require_dir(config.model.path, "model.path: model checkpoint")
+        if not is_hf_checkpoint(config.model.path):
+            raise InputError(f"model.path: {config.model.path} is not an HF model checkpoint (needs config.json and *.safetensors)")
+
+
 def _prepare_run_dir(config: TrainStageConfig) -> None:
     """Ray Train V2 resumes automatically from a run directory with the same name. Without
     `resume=true` an earlier run is moved aside (never deleted) so this one starts fresh."""
@@ -71,6 +88,7 @@ def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     config = resolve_paths(config)
+    check_inputs(config)
     ensure_ray()
     if config.scale.check_cluster:
         check_cluster_fits(config.scale)

@@ -7,30 +7,17 @@ step and data position) from `ray.train.get_checkpoint()`.
 
 from __future__ import annotations
 
-import json
 import random
-import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
+from chimed_ray.trainers.checkpoints import TrainState, restore_checkpoint, save_checkpoint
 from chimed_ray.trainers.task import StageTask, load_task
 
-DEEPSPEED_DIR, HF_DIR, STATE_FILE, CKPT_TAG = "deepspeed", "hf", "trainer_state.json", "state"
-
-
-@dataclass
-class TrainState:
-    """Where the run is: optimizer steps done, and the data position (epoch, micro-batch)."""
-
-    step: int = 0
-    epoch: int = 0
-    micro_step: int = 0
-    tokens: float = 0.0
 
 
 class ShardedBatches:
@@ -86,40 +73,17 @@ def evaluate(task: StageTask, engine, examples: Sequence[Any], tokenizer, batch_
     return {f"eval/{k}": v / max(reduced[0], 1e-9) for k, v in zip(keys, reduced[1:])}
 
 
-def save_checkpoint(task: StageTask, engine, tokenizer, state: TrainState, metrics: dict[str, float]) -> None:
-    """Write DeepSpeed state (every rank), the HF model and trainer state (rank 0), then report.
-
-    Ray Train uploads each rank's files into one checkpoint directory and records it only once
-    all uploads finished, so a run killed mid-save keeps its previous checkpoint.
-    """
-    import ray.train
+def _maybe_inject_fault(fault, step: int) -> None:
+    """Kill this worker process (as a crash would) if the config asks for it at this step."""
+    import os
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    with tempfile.TemporaryDirectory(prefix="chimed-ckpt-") as tmp:
-        engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_DIR), tag=CKPT_TAG, client_state=asdict(state))
-        from chimed_ray.trainers.engine import gathered_state_dict
-
-        full_state = gathered_state_dict(engine)
-        if rank == 0:
-            task.save_model(engine.module, full_state, tokenizer, Path(tmp) / HF_DIR)
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({**asdict(state), **metrics}, indent=2))
-        checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({**metrics, "step": state.step}, checkpoint=checkpoint)
-
-
-def restore_checkpoint(engine) -> TrainState | None:
-    """Load the latest reported checkpoint into `engine`, if Ray Train has one for this run."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        _, client_state = engine.load_checkpoint(
-            str(Path(directory) / DEEPSPEED_DIR), tag=CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-    fields = TrainState.__dataclass_fields__
-    return TrainState(**{k: v for k, v in (client_state or {}).items() if k in fields})
+    if fault.kill_at_step and step == fault.kill_at_step and rank == fault.rank:
+        marker = Path(fault.marker)
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"killed at step {step}\n")
+            os._exit(1)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -147,7 +111,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     total_steps = optim.max_steps or optim.epochs * steps_per_epoch
 
     engine = ds_engine.initialize(task.build_model(config, tokenizer).to(device), optim, config.scale, total_steps)
-    state = restore_checkpoint(engine) or TrainState()
+    state = restore_checkpoint(engine, config.storage_path, config.run_name, world) or TrainState()
     tracker = RunTracker(
         config.output_dir, total_steps, state.step, active=rank == 0,
         tensorboard=config.logging.tensorboard, progress_bar=config.logging.progress_bar,
@@ -191,7 +155,8 @@ def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_ex
                 last_metrics.update(eval_metrics)
             if final or (log.save_every and state.step % log.save_every == 0):
                 # Data position after this step: the next micro-batch of this epoch.
-                save_checkpoint(task, engine, tokenizer, state, last_metrics)
+                save_checkpoint(task, engine, tokenizer, state, last_metrics, dist.get_rank() if dist.is_initialized() else 0)
+                _maybe_inject_fault(config.fault, state.step)
             if final:
                 return
         state.epoch += 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
     from chimed_ray.config import TrainStageConfig
+    from chimed_ray.config.common import LoRAConfig
 
 TASKS = {
     "pretrain": "chimed_ray.trainers.pretrain:PretrainTask",
@@ -31,6 +32,8 @@ class StageTask:
     config_cls: type = None  # type: ignore[assignment]
     # Keys of the metrics dict shown in the progress bar and plotted at the end.
     plot_keys: tuple[str, ...] = ("train/loss", "eval/loss")
+    # The `model.lora` section `build_model` applied; `save_model` reads `merge_on_save` from it.
+    lora: Optional["LoRAConfig"] = None
 
     def build_examples(self, config: "TrainStageConfig", tokenizer: "PreTrainedTokenizerBase") -> tuple[list, list]:
         """Return (train_examples, eval_examples); identical on every rank."""
@@ -51,7 +54,19 @@ class StageTask:
         )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return model
+        return self.maybe_apply_lora(model, config)
+
+    def maybe_apply_lora(
+        self, model: "torch.nn.Module", config: "TrainStageConfig", **lora_options: Any
+    ) -> "torch.nn.Module":
+        """Wrap `model` with LoRA adapters when `model.lora.enabled`; stages that build their own
+        model call this too. `lora_options` go to `apply_lora` (e.g. `modules_to_save`)."""
+        self.lora = config.model.lora
+        if not self.lora.enabled:
+            return model
+        from chimed_ray.models.lora import apply_lora
+
+        return apply_lora(model, self.lora, **lora_options)
 
     def collate(self, examples: Sequence[Any], tokenizer: "PreTrainedTokenizerBase") -> Any:
         """Turn a list of examples into a batch with a `.to(device)` method."""
@@ -62,7 +77,14 @@ class StageTask:
         raise NotImplementedError
 
     def save_model(self, model: "torch.nn.Module", state_dict: dict, tokenizer: "PreTrainedTokenizerBase", directory: Path) -> None:
-        """Save the trained model as an HF directory (safetensors + tokenizer)."""
+        """Save the trained model as an HF directory (safetensors + tokenizer); a LoRA model also
+        gets its adapter alone in `adapter/`."""
+        from chimed_ray.models.lora import is_lora_model, save_lora
+
+        if is_lora_model(model):
+            merge = self.lora.merge_on_save if self.lora is not None else True
+            save_lora(model, tokenizer, directory, state_dict, merge=merge)
+            return
         model.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(directory))
 

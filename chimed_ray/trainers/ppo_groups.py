@@ -1,0 +1,111 @@
+"""Start PPO's actor groups from a validated `PPOConfig`: reserve placement groups, create the
+policy, reference, reward, critic (only when the advantage estimator needs one) and separate
+rollout-engine groups, and load every model. Each worker receives plain specs, not the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from chimed_ray.config.rlhf import PPOConfig
+from chimed_ray.distributed.critic import CriticWorker, ValueLossSpec
+from chimed_ray.distributed.frozen import ReferenceWorker, RewardWorker
+from chimed_ray.distributed.group import ActorGroup
+from chimed_ray.distributed.placement import RoleResources, Slot, plan_slots, release
+from chimed_ray.distributed.policy import PolicyLossSpec, PolicyWorker
+from chimed_ray.distributed.rollout import RolloutWorker
+from chimed_ray.distributed.worker import ModelSpec
+
+WORKERS = {
+    "policy": PolicyWorker, "critic": CriticWorker, "reference": ReferenceWorker,
+    "reward": RewardWorker, "rollout": RolloutWorker,
+}
+
+
+@dataclass
+class PPOGroups:
+    """The running actor groups of one PPO run."""
+
+    policy: ActorGroup
+    reference: ActorGroup
+    reward: ActorGroup
+    critic: Optional[ActorGroup]
+    rollout: Optional[ActorGroup]  # None: the policy workers generate
+    slots: dict[str, list[Slot]]
+
+    def shutdown(self) -> None:
+        for group in (self.policy, self.reference, self.reward, self.critic, self.rollout):
+            if group is not None:
+                group.shutdown()
+        release(self.slots)
+
+
+def optimizer_steps(config: PPOConfig) -> int:
+    """Optimizer steps over the whole run (for the LR schedule)."""
+    per_step = config.rollout.batch_size // config.algorithm.mini_batch_size
+    return config.total_steps * config.algorithm.ppo_epochs * per_step
+
+
+def model_spec(config: PPOConfig, path: str, tokenizer_path: str = "") -> ModelSpec:
+    model = config.model
+    return ModelSpec(
+        path=path, tokenizer_path=tokenizer_path, tiny=model.tiny, trust_remote_code=model.trust_remote_code,
+        attn_implementation=model.attn_implementation, gradient_checkpointing=model.gradient_checkpointing,
+        precision=config.scale.deepspeed_scale(config.scale.policy).resolved_precision(), seed=config.optim.seed,
+    )
+
+
+def start_groups(config: PPOConfig) -> PPOGroups:
+    """Reserve resources, create every role's actor group and load the models (in parallel)."""
+    import ray
+
+    scale, needs_critic = config.scale, config.algorithm.needs_critic
+    roles = ["policy", "reference", "reward"] + (["critic"] if needs_critic else [])
+    roles += ["rollout"] if config.rollout.separate_engine else []
+    resources = {}
+    for role in roles:
+        group = getattr(scale, role)
+        resources[role] = RoleResources(group.num_workers, group.cpus_per_worker, group.gpus_per_worker if scale.use_gpu else 0.0)
+    slots = plan_slots(resources, scale.placement, config.run_name)
+    backend = "nccl" if scale.use_gpu else "gloo"
+    groups = {role: ActorGroup(role, WORKERS[role], slots[role], backend) for role in roles}
+
+    policy_model = model_spec(config, config.model.path, config.model.tokenizer_path)
+    total = optimizer_steps(config)
+    refs = groups["policy"].async_run(
+        "setup", policy_model, replace(config.optim, gradient_accumulation_steps=config.gradient_accumulation("policy")),
+        scale.deepspeed_scale(scale.policy), total)
+    refs += groups["reference"].async_run("setup", policy_model, config.optim.micro_batch_size)
+    reward_model = model_spec(config, config.reward.path, "" if config.reward.path else config.model.tokenizer_path or config.model.path)
+    refs += groups["reward"].async_run("setup", reward_model, config.reward.function, config.optim.micro_batch_size)
+    if needs_critic:
+        critic_path = config.critic_path or config.reward.path or config.model.path
+        critic_model = model_spec(config, critic_path, config.model.tokenizer_path or config.model.path)
+        refs += groups["critic"].async_run(
+            "setup", critic_model,
+            replace(config.critic_optim, gradient_accumulation_steps=config.gradient_accumulation("critic")),
+            scale.deepspeed_scale(scale.critic), total)
+    if config.rollout.separate_engine:
+        refs += groups["rollout"].async_run("setup", config.rollout.engine, policy_model, 0,
+                                            config.rollout.vllm_gpu_memory_utilization)
+    ray.get([ref for group in groups.values() for ref in group.ready] + refs)
+    return PPOGroups(groups["policy"], groups["reference"], groups["reward"], groups.get("critic"),
+                     groups.get("rollout"), slots)
+
+
+def loss_specs(config: PPOConfig, step: int) -> tuple[PolicyLossSpec, ValueLossSpec]:
+    """What each trainable role needs for one update (the shuffle seed changes every step)."""
+    algo, scale = config.algorithm, config.scale
+    policy = PolicyLossSpec(
+        clip_eps_low=algo.clip_eps_low, clip_eps_high=algo.clip_eps_high or algo.clip_eps_low,
+        entropy_coef=algo.entropy_coef, agg_mode=algo.agg_mode, ppo_epochs=algo.ppo_epochs,
+        mini_batch_size=algo.mini_batch_size // scale.policy.num_workers,
+        micro_batch_size=config.optim.micro_batch_size, temperature=config.rollout.temperature,
+        seed=config.optim.seed + step,
+    )
+    critic = ValueLossSpec(
+        value_clip=algo.value_clip, agg_mode=algo.agg_mode, ppo_epochs=algo.ppo_epochs,
+        mini_batch_size=algo.mini_batch_size // scale.critic.num_workers,
+        micro_batch_size=config.critic_optim.micro_batch_size, seed=config.optim.seed + step,
+    )
+    return policy, critic
