@@ -13,8 +13,6 @@ from typing import Literal
 from chimed_ray.config.loader import check
 
 EVAL_TASKS = ("mcq", "medqa", "ner", "qa", "dialogue", "cami", "mica")
-# Tasks that pick an option by next-token log-probability; an endpoint cannot run them.
-LOGPROB_TASKS = ("mcq", "medqa", "cami", "mica")
 
 
 @dataclass
@@ -50,7 +48,11 @@ class EndpointConfig:
 
     def validate(self) -> None:
         if self.enabled:
-            check(self.base_url.startswith(("http://", "https://")), "base_url", f"expected an http(s) URL, got {self.base_url!r}")
+            check(
+                self.base_url.startswith(("http://", "https://")),
+                "base_url",
+                f"expected an http(s) URL, got {self.base_url!r}",
+            )
             check(bool(self.model), "model", "the endpoint needs a model name")
         check(self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
         check(self.timeout > 0, "timeout", "must be positive")
@@ -108,7 +110,8 @@ class EvalConfig:
 
     `files` maps a task to its input files (C-Eval/CMMLU CSV or JSONL, MedQA JSONL, CCKS-2019
     JSONL, ...); a task missing from it uses the bundled set. `few_shot_files` gives the MCQ
-    demonstrations (bundled `mcq_dev.jsonl` when empty). `max_items` caps every task (0: all).
+    demonstrations (bundled `mcq_dev.jsonl` when empty). `max_items` caps every task with an evenly
+    spaced sample (0: all items).
     """
 
     output_dir: str = "outputs/eval"
@@ -127,7 +130,11 @@ class EvalConfig:
 
     def validate(self) -> None:
         check(bool(self.output_dir), "output_dir", "must not be empty")
-        check(bool(self.checkpoints) or self.endpoint.enabled, "checkpoints", "give at least one checkpoint or an endpoint.base_url")
+        check(
+            bool(self.checkpoints) or self.endpoint.enabled,
+            "checkpoints",
+            "give at least one checkpoint or an endpoint.base_url",
+        )
         names = [c.name for c in self.checkpoints] + ([self.endpoint.name] if self.endpoint.enabled else [])
         duplicates = sorted({n for n in names if names.count(n) > 1})
         check(not duplicates, "checkpoints", f"model names must be unique, {duplicates} repeats")

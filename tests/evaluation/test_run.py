@@ -1,0 +1,120 @@
+"""End to end on the tiny model: in-process, on a 2-actor Ray Data pool, and against an endpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from chimed_ray.config.eval import EVAL_TASKS, EvalConfig
+from chimed_ray.config.loader import ConfigError, load_config
+from chimed_ray.evaluation.run import main, run_evaluation
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
+
+
+def _config(output_dir: Path, overrides: list[str], files: dict[str, Path] | None = None) -> EvalConfig:
+    config = load_config(EvalConfig, CONFIGS / "tiny.yaml", [f"output_dir={output_dir}", *overrides])
+    if files is not None:
+        config.files = {task: [str(files[task])] for task in EVAL_TASKS}
+        config.few_shot_files = [str(files["mcq_dev"])]
+        config.scales_file = str(files["scales"])
+    return config
+
+
+def _check_outputs(report: dict, output_dir: Path, models: list[str]) -> None:
+    from PIL import Image
+
+    assert list(report["models"]) == models
+    saved = json.loads((output_dir / "report.json").read_text(encoding="utf-8"))
+    assert saved["models"] == report["models"]
+    markdown = (output_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Summary" in markdown and all(f"| {m} |" in markdown for m in models)
+    for chart in ("task_scores.png", "bias_profiles.png"):
+        with Image.open(output_dir / chart) as image:
+            image.verify()
+        with Image.open(output_dir / chart) as image:
+            assert image.format == "PNG" and image.size[0] > 0 and image.size[1] > 0
+    for name in models:
+        for task in report["models"][name]["tasks"]:
+            assert (output_dir / "predictions" / name / f"{task}.jsonl").stat().st_size > 0
+
+
+def test_tiny_model_on_bundled_sets(tiny_checkpoint, tmp_path):
+    config = _config(tmp_path, [f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "max_items=4",
+                                "generation.max_new_tokens=8", "scale.progress_bar=false"])
+    report = run_evaluation(config)
+    model = report["models"]["tiny"]
+    assert list(model["tasks"]) == list(EVAL_TASKS)
+    assert all(0 <= model["tasks"][t]["metrics"]["accuracy"] <= 100 for t in ("mcq", "medqa"))
+    assert 1 <= model["tasks"]["cami"]["metrics"]["mean"] <= 5 and 1 <= model["tasks"]["mica"]["metrics"]["mean"] <= 6
+    assert model["requests"] == sum(model["tasks"][t]["metrics"]["n"] for t in EVAL_TASKS)
+    _check_outputs(report, tmp_path, ["tiny"])
+
+
+def test_ray_data_two_actors_match_local_loop(ray_cluster, tiny_checkpoint, eval_files, tmp_path):
+    checkpoint = f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]"
+    common = [checkpoint, "few_shot=1", "generation.max_new_tokens=6", "scale.batch_size=2", "scale.progress_bar=false"]
+    local = run_evaluation(_config(tmp_path / "local", common, eval_files))
+    on_ray = run_evaluation(_config(tmp_path / "ray", [*common, "scale.num_actors=2"], eval_files))
+    for task in EVAL_TASKS:
+        expected = local["models"]["tiny"]["tasks"][task]["metrics"]
+        assert on_ray["models"]["tiny"]["tasks"][task]["metrics"] == pytest.approx(expected)
+    assert on_ray["models"]["tiny"]["requests"] == local["models"]["tiny"]["requests"]
+    _check_outputs(on_ray, tmp_path / "ray", ["tiny"])
+    by_subject = on_ray["models"]["tiny"]["tasks"]["mcq"]["breakdown"]["by_subject"]
+    assert set(by_subject) == {"临床医学", "基础医学"}
+
+
+def test_endpoint_runs_generation_tasks_only(fake_openai, eval_files, tmp_path):
+    base_url, received = fake_openai
+    config = _config(tmp_path, ["checkpoints=[]", f"endpoint.base_url={base_url}", "endpoint.model=chimed",
+                                "endpoint.api_key=secret-key", "tasks=[mcq, ner, qa]", "scale.progress_bar=false"],
+                     eval_files)
+    report = run_evaluation(config)
+    endpoint = report["models"]["endpoint"]
+    assert list(endpoint["tasks"]) == ["ner", "qa"] and list(endpoint["skipped"]) == ["mcq"]
+    # Doc 0 gets exactly its two gold entities, doc 1 two wrong ones: P = R = 2/4.
+    assert endpoint["tasks"]["ner"]["metrics"]["f1"] == pytest.approx(50.0)
+    assert len(received) == 2 + 2
+    assert "secret-key" not in (tmp_path / "report.json").read_text(encoding="utf-8")
+
+
+def test_cli_runs_tiny_config(tmp_path, capsys, tiny_checkpoint):
+    code = main(["--config", str(CONFIGS / "tiny.yaml"), f"output_dir={tmp_path}",
+                 f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "tasks=[mcq, cami]", "max_items=2",
+                 "scale.progress_bar=false"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| model | mcq acc | cami mean | items/s |" in out and "| tiny |" in out
+    assert str(tmp_path / "report.md") in out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tasks=[mcq, ceval]", "tasks[1]: expected one of"),
+        ("checkpoints=[]", "checkpoints: give at least one checkpoint or an endpoint.base_url"),
+        ("checkpoints=[{name: a}, {name: a}]", "model names must be unique"),
+        ("files={cmmlu: [x.csv]}", "files.cmmlu: unknown task"),
+        ("scale.gpus_per_actor=1", "scale.gpus_per_actor: GPUs are only used by Ray actors"),
+        ("scale.precision=bf16", "scale.precision: bf16 needs gpus_per_actor > 0"),
+        ("endpoint.base_url=localhost:8000", "endpoint.base_url: expected an http(s) URL"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(EvalConfig, CONFIGS / "tiny.yaml", [override])
+
+
+def test_missing_file_and_checkpoint_are_named(tmp_path, eval_files):
+    from chimed_ray.utils.files import InputError
+
+    config = _config(tmp_path, ["tasks=[qa]", f"files={{qa: [{tmp_path}/nope.jsonl]}}"])
+    with pytest.raises(InputError, match="nope.jsonl: evaluation file not found"):
+        run_evaluation(config)
+    config = _config(tmp_path, ["tasks=[qa]", f"checkpoints=[{{name: sft, path: {tmp_path}/sft}}]"], eval_files)
+    with pytest.raises(InputError, match="sft: checkpoint 'sft' is not an HF model directory"):
+        run_evaluation(config)
