@@ -6,6 +6,7 @@ FastAPI ingress that speaks the OpenAI API and routes on the request's `model` f
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,19 @@ def parse_checkpoint_specs(specs: list[str]) -> list[dict[str, str]]:
     return entries
 
 
+def checkpoint_overrides(specs: list[str]) -> list[str]:
+    """`--checkpoint` values as one `models=[...]` override (JSON is valid YAML), replacing the
+    YAML's model list, so checkpoints flow through the same loader as every other key."""
+    if not specs:
+        return []
+    return [f"models={json.dumps(parse_checkpoint_specs(specs))}"]
+
+
+def inline_overrides(values: dict[str, Any]) -> list[str]:
+    """Top-level ServeConfig keys given as a mapping (Serve builder args) as `key=value` overrides."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
 __all__ = [
     "AutoscalingConfig",
     "BatchingConfig",
@@ -232,5 +246,7 @@ __all__ = [
     "HTTPConfig",
     "ServeConfig",
     "ServedModel",
+    "checkpoint_overrides",
+    "inline_overrides",
     "parse_checkpoint_specs",
 ]

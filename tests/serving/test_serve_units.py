@@ -1,0 +1,160 @@
+"""Pieces of the server without Ray: decoding state, sampling, request preparation, the HF engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chimed_ray.serving.jobs import Limits, RequestError, prepare_job
+from chimed_ray.serving.protocol import GenerationRequest
+from chimed_ray.serving.sampling import RowState, make_generator, sample_token
+
+CHAT = [[{"role": "user", "content": "头痛怎么办"}]]
+
+
+def feed(row: RowState, pieces: list[str], eos: int = -1) -> list[str]:
+    """Drive a row with a fake vocabulary where token i decodes to pieces[i]."""
+    deltas: list[str] = []
+    row.listener = lambda _, delta: deltas.append(delta)
+    for token in range(len(pieces)):
+        row.add_token(token, lambda ids: "".join(pieces[i] for i in ids), {eos})
+    return deltas
+
+
+def test_stop_string_is_cut_and_its_prefix_never_streamed():
+    row = RowState(prompt_ids=[0], max_tokens=10, stop=["[human]"])
+    deltas = feed(row, ["答", "案", "[hu", "man]", "多余"])
+    assert row.text == "答案" and row.finish_reason == "stop"
+    assert "".join(deltas) == "答案" and all("[" not in d for d in deltas)
+    assert len(row.token_ids) == 4  # generation stopped where the stop string completed
+
+
+def test_half_a_utf8_character_is_held_back():
+    row = RowState(prompt_ids=[0], max_tokens=3)
+    deltas = feed(row, ["a\ufffd", "b", "c"])
+    assert deltas[0] == "a" and row.finish_reason == "length" and "".join(deltas) == row.text
+
+
+def test_eos_finishes_without_its_text_unless_ignored():
+    row = RowState(prompt_ids=[0], max_tokens=5)
+    feed(row, ["x", "</s>", "y"], eos=1)
+    assert (row.text, row.finish_reason, len(row.token_ids)) == ("x", "stop", 2)
+    ignoring = RowState(prompt_ids=[0], max_tokens=3, ignore_eos=True)
+    feed(ignoring, ["x", "</s>", "y"], eos=1)
+    assert ignoring.finish_reason == "length" and len(ignoring.token_ids) == 3
+
+
+def test_cancelled_row_stops_at_the_next_token():
+    row = RowState(prompt_ids=[0], max_tokens=5)
+    row.cancelled = True
+    feed(row, ["x"])
+    assert row.finish_reason == "abort" and row.token_ids == []
+
+
+def test_sample_token_greedy_nucleus_and_seeds():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.9])
+    assert sample_token(logits, 0.0, 1.0, make_generator(None, "cpu")) == 1
+    # top_p this small keeps only the most likely token, whatever the temperature.
+    assert {sample_token(logits, 2.0, 0.01, make_generator(s, "cpu")) for s in range(20)} == {1}
+    draws = [sample_token(logits, 1.5, 1.0, make_generator(s, "cpu")) for s in range(50)]
+    assert draws == [sample_token(logits, 1.5, 1.0, make_generator(s, "cpu")) for s in range(50)]
+    assert len(set(draws)) > 1
+
+
+def limits(**kwargs) -> Limits:
+    base = dict(max_context=64, default_max_tokens=16, max_n=4, max_sequences=8, chat_stop=["[human]:"])
+    return Limits(**{**base, **kwargs})
+
+
+def request(**kwargs) -> GenerationRequest:
+    base = dict(request_id="r", kind="chat", prompts=CHAT, max_tokens=None)
+    return GenerationRequest(**{**base, **kwargs})
+
+
+def test_prepare_job_renders_the_chat_template_and_expands_n(tokenizer):
+    job = prepare_job(request(n=3, seed=10, stop=["。"]), tokenizer, limits())
+    text = tokenizer.apply_chat_template(CHAT[0], add_generation_prompt=True, tokenize=False)
+    assert text == "[human]:头痛怎么办\n[bot]:"
+    assert job.rows[0].prompt_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [r.seed for r in job.rows] == [10, 11, 12] and [r.choice_index for r in job.rows] == [0, 1, 2]
+    assert job.rows[0].stop == ["。", "[human]:"]
+    assert job.rows[0].max_tokens == 16 and job.prompt_tokens == len(job.rows[0].prompt_ids)
+
+
+def test_prepare_job_completion_prompts_do_not_get_chat_stops(tokenizer):
+    job = prepare_job(request(kind="completion", prompts=["a", "bb"], n=2), tokenizer, limits())
+    assert [r.prompt_index for r in job.rows] == [0, 0, 1, 1] and job.rows[0].stop == []
+
+
+@pytest.mark.parametrize(
+    "changes, param, code",
+    [
+        ({"n": 5}, "n", None),
+        ({"kind": "completion", "prompts": ["a"] * 3, "n": 3}, "n", None),
+        ({"max_tokens": 60}, "max_tokens", "context_length_exceeded"),
+        ({"prompts": [[{"role": "user", "content": "患者发热" * 80}]]}, "messages", "context_length_exceeded"),
+    ],
+)
+def test_prepare_job_rejects_what_cannot_be_served(tokenizer, changes, param, code):
+    with pytest.raises(RequestError) as caught:
+        prepare_job(request(**changes), tokenizer, limits())
+    assert caught.value.status == 400 and caught.value.param == param and caught.value.code == code
+
+
+def test_hf_engine_batches_mixed_settings(tiny_checkpoint, tokenizer):
+    """Greedy rows give the same text alone and inside a batch with sampled rows of other lengths."""
+    from chimed_ray.serving.hf_engine import HFEngine
+
+    engine = HFEngine(str(tiny_checkpoint), "auto", "auto", False, "sdpa", 0)
+    assert (engine.device, engine.precision) == ("cpu", "fp32")
+
+    def rows():
+        greedy = prepare_job(request(kind="completion", prompts=["高血压"], max_tokens=8, temperature=0.0,
+                                     ignore_eos=True), tokenizer, limits()).rows
+        sampled = prepare_job(request(max_tokens=5, temperature=1.2, top_p=0.8, seed=3, n=2), tokenizer, limits()).rows
+        return greedy, sampled
+
+    alone, _ = rows()
+    engine.generate(alone)
+    greedy, sampled = rows()
+    engine.generate(greedy + sampled)
+    assert greedy[0].text == alone[0].text and len(greedy[0].token_ids) == 8
+    assert all(row.finished and len(row.token_ids) <= 5 for row in sampled)
+
+
+def test_vllm_engine_without_vllm_names_the_fix(monkeypatch):
+    import sys
+
+    from chimed_ray.config.serve import EngineConfig
+    from chimed_ray.serving.model_server import build_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail even where it is installed
+    with pytest.raises(RuntimeError, match=r"engine.engine=vllm .*pip install vllm.*engine.engine=hf"):
+        build_engine("/unused", EngineConfig(engine="vllm"))
+
+
+def test_coalescer_merges_what_queues_behind_a_busy_engine():
+    import asyncio
+
+    from chimed_ray.serving.coalesce import BatchCoalescer
+
+    async def scenario():
+        passes: list[list[str]] = []
+
+        async def run(rows):
+            passes.append(list(rows))
+            if "boom" in rows:
+                raise ValueError("engine failed")
+            await asyncio.sleep(0.05)
+
+        coalescer = BatchCoalescer(run, max_rows=4)
+        first = asyncio.ensure_future(coalescer.submit(["a"]))
+        await asyncio.sleep(0.01)  # "a" is running; the rest queue behind it
+        rest = [asyncio.ensure_future(coalescer.submit(rows)) for rows in (["b", "c"], ["d"], ["e", "f"], ["boom"])]
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        return passes, results
+
+    passes, results = asyncio.run(scenario())
+    assert passes == [["a"], ["b", "c", "d"], ["e", "f", "boom"]]  # merged, never above max_rows
+    assert results[:3] == [None, None, None]
+    assert all(isinstance(r, ValueError) for r in results[3:])  # the failed pass fails its callers
