@@ -41,6 +41,30 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft) on the attention and MLP projections; the base weights stay frozen.
+
+    `alpha / rank` scales the adapter's update. With `merge_on_save` every saved checkpoint is a
+    full HF model with the adapter merged in (for serving), plus the adapter alone in `adapter/`.
+    """
+
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    merge_on_save: bool = True
+
+    def validate(self) -> None:
+        check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        check(self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(bool(self.target_modules), "target_modules", "must name at least one module, e.g. q_proj")
+
+
+@dataclass
 class ModelConfig:
     """Where the model and tokenizer come from.
 
@@ -54,6 +78,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -197,6 +222,7 @@ def check_cluster_fits(scale: ScaleConfig) -> None:
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "LoRAConfig",
     "LoggingConfig",
     "ModelConfig",
     "OptimConfig",

@@ -158,7 +158,12 @@ def pair_loss(
 
 
 class DPOTask(StageTask):
+    """Pairs with their cached reference scores in, the registered preference loss out;
+    `build_examples` records which loss `compute_loss` applies."""
+
     config_cls = DPOConfig
+    loss_name: str
+    loss_options: dict[str, Any]
     plot_keys = ("train/loss", "eval/loss", "eval/reward_margin", "eval/reward_accuracy")
 
     def build_examples(self, config: DPOConfig, tokenizer) -> tuple[list, list]:

@@ -117,6 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tensorboard=config.logging.tensorboard, progress_bar=config.logging.progress_bar,
         description=loop_config["task"],
     )
+    engine.train()  # from_pretrained returns eval mode; dropout must be on from the first step
     _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device)
     tracker.close()
 

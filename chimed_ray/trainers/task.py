@@ -66,7 +66,9 @@ class StageTask:
             return model
         from chimed_ray.models.lora import apply_lora
 
-        return apply_lora(model, self.lora, **lora_options)
+        # from_pretrained returns eval mode and the loop switches to train mode only after its
+        # first evaluation, which would silently switch off `model.lora.dropout` until then.
+        return apply_lora(model, self.lora, **lora_options).train()
 
     def collate(self, examples: Sequence[Any], tokenizer: "PreTrainedTokenizerBase") -> Any:
         """Turn a list of examples into a batch with a `.to(device)` method."""
