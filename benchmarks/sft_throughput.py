@@ -68,7 +68,7 @@ def plain_hf_trainer(steps: int, global_batch: int, output_dir: Path) -> tuple[f
     dataset = [{"input_ids": ids, "labels": labels} for ids, labels in train]
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=global_batch,
-        learning_rate=config.optim.lr, lr_scheduler_type="cosine", warmup_ratio=config.optim.warmup_ratio,
+        learning_rate=config.optim.lr, lr_scheduler_type="cosine", warmup_steps=int(config.optim.warmup_ratio * steps),
         logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, remove_unused_columns=False,
         dataloader_num_workers=0, disable_tqdm=True,
     )

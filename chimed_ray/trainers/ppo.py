@@ -19,8 +19,16 @@ from typing import Sequence
 
 import ray
 
-from chimed_ray.algorithms import (AdaptiveKLController, AdvantageInputs, FixedKLController, compute_advantages,
-                                   kl_penalty, masked_mean, masked_whiten, token_level_rewards)
+from chimed_ray.algorithms import (
+    AdaptiveKLController,
+    AdvantageInputs,
+    FixedKLController,
+    compute_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    token_level_rewards,
+)
 from chimed_ray.config import dump_config
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
@@ -28,12 +36,20 @@ from chimed_ray.distributed.policy import eos_token_ids
 from chimed_ray.distributed.rollout import sync_weights
 from chimed_ray.distributed.worker import mean_metrics
 from chimed_ray.models import load_tokenizer
+from chimed_ray.models.heads import require_hf_checkpoints
 from chimed_ray.rollout.base import SamplingParams
 from chimed_ray.rollout.prompts import load_prompts
 from chimed_ray.trainers.launch import _absolute, ensure_ray
 from chimed_ray.trainers.ppo_groups import PPOGroups, loss_specs, start_groups
-from chimed_ray.trainers.ppo_state import (DriverState, PhaseTimer, PromptOrder, latest_checkpoint,
-                                           move_previous_run_aside, restore_checkpoint, save_checkpoint)
+from chimed_ray.trainers.ppo_state import (
+    DriverState,
+    PhaseTimer,
+    PromptOrder,
+    latest_checkpoint,
+    move_previous_run_aside,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from chimed_ray.utils.tracking import RunTracker, plot_curves
 
 ROLLOUT_FIELDS = ("sequences", "attention_mask", "response_mask", "group_ids")
@@ -42,12 +58,16 @@ ROLLOUT_FIELDS = ("sequences", "attention_mask", "response_mask", "group_ids")
 def run_ppo(config: PPOConfig) -> Path:
     """Run PPO; returns `<output_dir>/final`, the trained policy as an HF directory."""
     config = resolve_paths(config)
+    require_hf_checkpoints({"model.path": config.model.path, "reward.path": config.reward.path,
+                            "critic_path": config.critic_path})
     algo, rollout_cfg, output = config.algorithm, config.rollout, Path(config.output_dir)
     tokenizer = load_tokenizer(config.model.tokenizer_path or config.model.path, config.model.trust_remote_code)
     prompts = load_prompts(config.data, tokenizer, rollout_cfg.max_prompt_length, config.data.max_samples)
     pad_id, eos_ids = tokenizer.pad_token_id, eos_token_ids(tokenizer)
     resume_from = latest_checkpoint(output) if config.resume else None
     if resume_from is None:
+        if config.resume:
+            print(f"[chimed-ray ppo] resume=true but {output} has no checkpoint; starting fresh", flush=True)
         move_previous_run_aside(output)
     dump_config(config, output / "config.yaml")
     ensure_ray()
@@ -73,7 +93,8 @@ def run_ppo(config: PPOConfig) -> Path:
 
             # 2. Generate with the current policy (on the policy workers, or the separate engine).
             with timer("generate"):
-                answers = [ids for part in ray.get(generator.async_run_sharded("generate", prompt_ids, sampling)) for ids in part]
+                parts = ray.get(generator.async_run_sharded("generate", prompt_ids, sampling))  # rank order
+            answers = [ids for part in parts for ids in part]
             rollout = build_rollout_batch(prompt_ids, answers, group_ids, pad_id, eos_ids)
             mask = rollout.response_mask
 

@@ -46,12 +46,15 @@ def optimizer_steps(config: PPOConfig) -> int:
     return config.total_steps * config.algorithm.ppo_epochs * per_step
 
 
-def model_spec(config: PPOConfig, path: str, tokenizer_path: str = "") -> ModelSpec:
+def model_spec(config: PPOConfig, path: str, tokenizer_path: str, trainable: bool) -> ModelSpec:
+    """Trainable roles load in fp32 (DeepSpeed casts to bf16/fp16 and keeps fp32 master weights);
+    frozen roles load directly in the run's precision."""
     model = config.model
+    precision = "fp32" if trainable else config.scale.deepspeed_scale(config.scale.policy).resolved_precision()
     return ModelSpec(
         path=path, tokenizer_path=tokenizer_path, tiny=model.tiny, trust_remote_code=model.trust_remote_code,
-        attn_implementation=model.attn_implementation, gradient_checkpointing=model.gradient_checkpointing,
-        precision=config.scale.deepspeed_scale(config.scale.policy).resolved_precision(), seed=config.optim.seed,
+        attn_implementation=model.attn_implementation, precision=precision, seed=config.optim.seed,
+        gradient_checkpointing=model.gradient_checkpointing and trainable,
     )
 
 
@@ -65,28 +68,31 @@ def start_groups(config: PPOConfig) -> PPOGroups:
     resources = {}
     for role in roles:
         group = getattr(scale, role)
-        resources[role] = RoleResources(group.num_workers, group.cpus_per_worker, group.gpus_per_worker if scale.use_gpu else 0.0)
+        gpus = group.gpus_per_worker if scale.use_gpu else 0.0
+        resources[role] = RoleResources(group.num_workers, group.cpus_per_worker, gpus)
     slots = plan_slots(resources, scale.placement, config.run_name)
     backend = "nccl" if scale.use_gpu else "gloo"
     groups = {role: ActorGroup(role, WORKERS[role], slots[role], backend) for role in roles}
 
-    policy_model = model_spec(config, config.model.path, config.model.tokenizer_path)
+    policy_path, policy_tokenizer = config.model.path, config.model.tokenizer_path or config.model.path
     total = optimizer_steps(config)
     refs = groups["policy"].async_run(
-        "setup", policy_model, replace(config.optim, gradient_accumulation_steps=config.gradient_accumulation("policy")),
+        "setup", model_spec(config, policy_path, policy_tokenizer, trainable=True),
+        replace(config.optim, gradient_accumulation_steps=config.gradient_accumulation("policy")),
         scale.deepspeed_scale(scale.policy), total)
-    refs += groups["reference"].async_run("setup", policy_model, config.optim.micro_batch_size)
-    reward_model = model_spec(config, config.reward.path, "" if config.reward.path else config.model.tokenizer_path or config.model.path)
+    frozen_policy = model_spec(config, policy_path, policy_tokenizer, trainable=False)
+    refs += groups["reference"].async_run("setup", frozen_policy, config.optim.micro_batch_size)
+    reward_model = model_spec(config, config.reward.path, "" if config.reward.path else policy_tokenizer, trainable=False)
     refs += groups["reward"].async_run("setup", reward_model, config.reward.function, config.optim.micro_batch_size)
     if needs_critic:
         critic_path = config.critic_path or config.reward.path or config.model.path
-        critic_model = model_spec(config, critic_path, config.model.tokenizer_path or config.model.path)
+        critic_model = model_spec(config, critic_path, policy_tokenizer, trainable=True)
         refs += groups["critic"].async_run(
             "setup", critic_model,
             replace(config.critic_optim, gradient_accumulation_steps=config.gradient_accumulation("critic")),
             scale.deepspeed_scale(scale.critic), total)
     if config.rollout.separate_engine:
-        refs += groups["rollout"].async_run("setup", config.rollout.engine, policy_model, 0,
+        refs += groups["rollout"].async_run("setup", config.rollout.engine, frozen_policy, 0,
                                             config.rollout.vllm_gpu_memory_utilization)
     ray.get([ref for group in groups.values() for ref in group.ready] + refs)
     return PPOGroups(groups["policy"], groups["reference"], groups["reward"], groups.get("critic"),

@@ -10,7 +10,6 @@ shards there, so on a multi-node cluster `output_dir` must be on storage all nod
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import random
 import shutil
@@ -44,17 +43,19 @@ class PromptOrder:
 
     def __init__(self, num_prompts: int, seed: int) -> None:
         self.num_prompts, self.seed = num_prompts, seed
+        self._orders: dict[int, list[int]] = {}
 
     def take(self, position: int, count: int) -> list[int]:
         """Indices of the `count` prompts starting at absolute `position`."""
         return [self._order(epoch)[offset] for epoch, offset in
                 (divmod(absolute, self.num_prompts) for absolute in range(position, position + count))]
 
-    @functools.lru_cache(maxsize=4)
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(self.num_prompts))
-        random.Random(self.seed + epoch).shuffle(order)
-        return order
+        if epoch not in self._orders:
+            order = list(range(self.num_prompts))
+            random.Random(self.seed + epoch).shuffle(order)
+            self._orders = {epoch: order}  # one epoch at a time is all a run needs
+        return self._orders[epoch]
 
 
 @dataclass

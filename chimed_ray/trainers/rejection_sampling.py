@@ -30,10 +30,12 @@ SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
     """Run `rounds` rounds; returns `<output_dir>/final`, the last round's fine-tuned model."""
     from chimed_ray.models import load_tokenizer
+    from chimed_ray.models.heads import require_hf_checkpoints
     from chimed_ray.rollout.prompts import load_prompts
     from chimed_ray.trainers.launch import _absolute, ensure_ray, run_ray_train
     from chimed_ray.utils.tracking import RunTracker
 
+    require_hf_checkpoints({"model.path": _absolute(config.model.path), "reward.path": _absolute(config.reward.path)})
     output = Path(_absolute(config.output_dir))
     output.mkdir(parents=True, exist_ok=True)
     dump_config(config, output / "config.yaml")
@@ -57,14 +59,16 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
         round_dir = output / f"round_{round_index}"
         data_file = write_sharegpt(round_dir / "selected.jsonl", kept, prompts)
         sft = replace(config.sft, output_dir=str(round_dir / "sft"), run_name=f"{config.run_name}_round_{round_index}",
-                      model=replace(config.sft.model, path=checkpoint), data=replace(config.sft.data, train_files=[str(data_file)]))
+                      model=replace(config.sft.model, path=checkpoint),
+                      data=replace(config.sft.data, train_files=[str(data_file)]))
         checkpoint = str(run_ray_train("sft", sft))
 
         metrics = reward_metrics(scored, kept)
         metrics.update({"time/sample_and_score_s": sampled_s, "time/round_s": time.perf_counter() - started})
         if config.score_final and round_index == config.rounds:
             # How good is the model we hand over? Score a fresh sample from it.
-            metrics["final/reward_mean"] = _mean([row["score"] for row in sample_and_score_prompts(config, checkpoint, prompts, 0)])
+            final_scored = sample_and_score_prompts(config, checkpoint, prompts, 0)
+            metrics["final/reward_mean"] = _mean([row["score"] for row in final_scored])
         tracker.log(round_index, metrics)
         print(f"[chimed-ray rejection-sampling] round {round_index}: " + ", ".join(
             f"{key} {value:.4g}" for key, value in metrics.items() if key.startswith(("reward", "final"))), flush=True)
@@ -75,7 +79,9 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
     return final
 
 
-def sample_and_score_prompts(config: RejectionSamplingConfig, checkpoint: str, prompts: list, round_index: int) -> list[dict[str, Any]]:
+def sample_and_score_prompts(
+    config: RejectionSamplingConfig, checkpoint: str, prompts: list, round_index: int
+) -> list[dict[str, Any]]:
     """K scored answers per prompt from `checkpoint` (seeded by the round)."""
     from chimed_ray.rollout.batch_inference import sample_and_score
     from chimed_ray.trainers.launch import _absolute

@@ -45,16 +45,10 @@ def tokenize_pair(prompt: list[dict], answer: str, tokenizer, max_length: int) -
 
 def collate_pairs(examples: Sequence[PairExample], pad_token_id: int) -> PairBatch:
     """Right-pad chosen then rejected sequences into one `PairBatch`."""
-    import torch
+    from chimed_ray.rollout.hf_engine import right_pad
 
     rows = [chosen for chosen, _ in examples] + [rejected for _, rejected in examples]
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-    return PairBatch(input_ids, attention_mask)
+    return PairBatch(*right_pad(rows, pad_token_id))
 
 
 class RewardTask(StageTask):

@@ -1,0 +1,149 @@
+"""RL samples/s on CPU: our PPO engine (GRPO estimator, Ray actor groups) vs TRL's GRPOTrainer, same
+tiny model, same prompts, same batch shape, in one run, side by side.
+
+    python benchmarks/ppo_throughput.py [--steps 8] [--prompts-per-step 4] [--samples-per-prompt 4]
+                                        [--max-new-tokens 32] [--hidden-size 64] [--layers 2]
+
+Both sides do the same work per step: sample prompts x samples answers with HF `generate` (KV
+cache, temperature 1), score them with the same rule reward, compute reference log-probs for a KL
+penalty (0.05), group-normalised advantages, and one optimizer step over the whole batch. The
+figure is steady-state samples/s: answers per step divided by the wall time of a step, steps
+after the first (which pays for warm-up) only. Start-up (Ray actors, TRL trainer construction)
+is printed apart. Our run uses three actor groups (policy, reference, reward) on a local Ray
+cluster, one torch thread each (Ray sets OMP_NUM_THREADS from num_cpus=1); TRL runs in this
+process with `--threads` torch threads (default 1, the same per process). TRL's default gradient
+checkpointing is turned off, as ours is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REWARD = "chimed_ray.rollout.rule_rewards:token_parity"
+
+
+def tiny_checkpoint(directory: Path, hidden_size: int, layers: int) -> Path:
+    from chimed_ray.config import TinyModelConfig
+    from chimed_ray.models import build_causal_lm, load_tokenizer, save_hf_checkpoint
+
+    tokenizer = load_tokenizer("")
+    shape = TinyModelConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 11 // 4, num_hidden_layers=layers)
+    return save_hf_checkpoint(build_causal_lm("", shape, tokenizer, seed=0), tokenizer, directory / "model")
+
+
+def run_ours(checkpoint: Path, output: Path, args: argparse.Namespace) -> tuple[float, float, dict[str, float]]:
+    """(steady-state samples/s, wall seconds including actor start-up, mean seconds per phase)."""
+    from chimed_ray.config import load_config
+    from chimed_ray.config.rlhf import PPOConfig
+    from chimed_ray.trainers.ppo import run_ppo
+    from chimed_ray.utils.tracking import read_metrics
+
+    batch = args.prompts_per_step * args.samples_per_prompt
+    config = load_config(PPOConfig, None, [
+        f"output_dir={output}", f"model.path={checkpoint}", f"reward.function={REWARD}", f"total_steps={args.steps}",
+        "algorithm.advantage_estimator=grpo", "algorithm.kl_coef=0.05", "algorithm.ppo_epochs=1",
+        f"algorithm.mini_batch_size={batch}", f"rollout.prompts_per_step={args.prompts_per_step}",
+        f"rollout.samples_per_prompt={args.samples_per_prompt}", f"rollout.max_new_tokens={args.max_new_tokens}",
+        "rollout.max_prompt_length=128", f"optim.micro_batch_size={batch}", "optim.lr=1e-5", "optim.warmup_ratio=0",
+        "scale.policy.num_workers=1", "scale.reference.num_workers=1", "scale.reward.num_workers=1",
+        "logging.progress_bar=false", "logging.tensorboard=false", f"logging.save_every={args.steps}",
+    ])
+    started = time.perf_counter()
+    run_ppo(config)
+    wall = time.perf_counter() - started
+    records = read_metrics(output / "metrics.jsonl")[1:]
+    phases = {key.split("/")[1][:-2]: statistics.mean(r[key] for r in records)
+              for key in records[0] if key.startswith("time/")}
+    return batch / phases["step"], wall, phases
+
+
+def run_trl(checkpoint: Path, output: Path, prompts: list[str], args: argparse.Namespace) -> tuple[float, float]:
+    """(steady-state samples/s, wall seconds including trainer construction)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from chimed_ray.rollout.rule_rewards import token_parity
+
+    def parity(completions, completion_ids, **_):
+        return token_parity([], completions, completion_ids)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self._start = [], 0.0
+
+        def on_step_begin(self, *_, **__):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    batch = args.prompts_per_step * args.samples_per_prompt
+    config = GRPOConfig(
+        output_dir=str(output), use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+        max_steps=args.steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+        num_generations=args.samples_per_prompt, max_completion_length=args.max_new_tokens, temperature=1.0,
+        top_k=0, top_p=1.0, beta=0.05, num_iterations=1, learning_rate=1e-5, warmup_steps=0,
+        lr_scheduler_type="constant", disable_tqdm=True, seed=0,
+        gradient_checkpointing=False,  # TRL turns it on by default; our run does not use it either
+    )
+    timer = StepTimer()
+    started = time.perf_counter()
+    trainer = GRPOTrainer(model=str(checkpoint), reward_funcs=[parity], args=config,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}),
+                          processing_class=AutoTokenizer.from_pretrained(str(checkpoint), padding_side="left"),
+                          callbacks=[timer])
+    trainer.train()
+    wall = time.perf_counter() - started
+    return batch / statistics.mean(timer.seconds[1:]), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the TRL process")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from chimed_ray.config import DataConfig
+    from chimed_ray.models import load_tokenizer
+    from chimed_ray.rollout.prompts import load_prompts
+
+    with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
+        directory = Path(tmp)
+        checkpoint = tiny_checkpoint(directory, args.hidden_size, args.layers)
+        prompts = [p.text for p in load_prompts(DataConfig(), load_tokenizer(str(checkpoint)), 128,
+                                                 limit=args.steps * args.prompts_per_step)]
+        trl_rate, trl_wall = run_trl(checkpoint, directory / "trl", prompts, args)
+        started = time.perf_counter()
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray_start = time.perf_counter() - started
+        ours_rate, ours_wall, phases = run_ours(checkpoint, directory / "ours", args)
+        ray.shutdown()
+
+    batch = args.prompts_per_step * args.samples_per_prompt
+    print(f"\nGRPO on CPU, tiny LLaMA (hidden {args.hidden_size}, {args.layers} layers), {batch} samples/step "
+          f"({args.prompts_per_step} prompts x {args.samples_per_prompt}), {args.max_new_tokens} new tokens, "
+          f"{args.steps} steps")
+    print(f"{'engine':<28}{'samples/s (steady)':>20}{'wall s (with start-up)':>26}")
+    print(f"{'chimed-ray (Ray actors)':<28}{ours_rate:>20.2f}{ours_wall:>26.1f}")
+    print(f"{f'TRL GRPOTrainer ({args.threads} thr)':<28}{trl_rate:>20.2f}{trl_wall:>26.1f}")
+    print("chimed-ray seconds per step: " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in phases.items()))
+    print(f"ratio chimed-ray / TRL: {ours_rate / trl_rate:.2f}x  (ray.init took {ray_start:.1f}s, not counted)")
+
+
+if __name__ == "__main__":
+    main()

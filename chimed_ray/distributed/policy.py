@@ -1,0 +1,126 @@
+"""The policy role: samples answers (HF generate on its own weights), scores its log-probs, and
+takes PPO steps (clipped surrogate + entropy bonus) under DeepSpeed."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from chimed_ray.distributed.worker import ModelSpec, TrainableWorker, mean_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from chimed_ray.config import OptimConfig, ScaleConfig
+    from chimed_ray.distributed.batch import Experience, RolloutBatch
+    from chimed_ray.rollout.base import SamplingParams
+
+
+@dataclass
+class PolicyLossSpec:
+    """The policy update: PPO clip ranges, entropy bonus, epochs and minibatch size per rank."""
+
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    entropy_coef: float = 0.0
+    agg_mode: str = "token_mean"
+    ppo_epochs: int = 1
+    mini_batch_size: int = 8  # rows per optimizer step on this rank
+    micro_batch_size: int = 4
+    temperature: float = 1.0
+    seed: int = 0
+
+
+def minibatch_order(size: int, mini_batch_size: int, epochs: int, seed: int) -> Iterator[list[int]]:
+    """Row indices of each minibatch, reshuffled every epoch (same order on every rank's shard)."""
+    for epoch in range(epochs):
+        order = list(range(size))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        for start in range(0, size, mini_batch_size):
+            yield order[start : start + mini_batch_size]
+
+
+class PolicyWorker(TrainableWorker):
+    """One rank of the trainable policy."""
+
+    def setup(self, model: ModelSpec, optim: "OptimConfig", scale: "ScaleConfig", total_steps: int,
+              generation_batch_size: int = 0) -> None:
+        from chimed_ray.rollout.hf_engine import HFEngine
+
+        self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
+        self.micro_batch_size = optim.micro_batch_size
+        self.init_engine(model.causal_lm(self.tokenizer), optim, scale, total_steps)
+        # The default rollout engine shares the training module: it always samples the latest weights.
+        self.rollout = HFEngine(self.engine.module, eos_token_ids(self.tokenizer), self.tokenizer.pad_token_id,
+                                generation_batch_size)
+
+    @contextlib.contextmanager
+    def _full_parameters(self):
+        """Under ZeRO-3 each rank holds a slice of every weight; generation needs them whole."""
+        if self.engine.zero_optimization_stage() == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters())):
+                yield
+        else:
+            yield
+
+    def generate(self, prompts: list[list[int]], params: "SamplingParams") -> list[list[int]]:
+        """One answer per prompt, sampled with the current weights."""
+        if params.seed is not None:
+            params = type(params)(**{**params.__dict__, "seed": params.seed + self.rank})
+        with self._full_parameters():
+            return self.rollout.generate(prompts, params)
+
+    def logprobs(self, batch: "RolloutBatch", temperature: float = 1.0) -> "torch.Tensor":
+        """Log-probs of the answer tokens under the current weights: `[b, R]`."""
+        from chimed_ray.distributed.forward import no_grad_in_micro_batches, response_logprobs
+
+        self.engine.eval()
+        try:
+            return no_grad_in_micro_batches(
+                lambda micro: response_logprobs(self.engine, micro.to(self.device), temperature)[0],
+                batch, self.micro_batch_size,
+            )
+        finally:
+            self.engine.train()
+
+    def train_step(self, experience: "Experience", spec: PolicyLossSpec) -> dict[str, float]:
+        """`ppo_epochs` passes over this rank's shard in minibatches; one optimizer step each."""
+        records = []
+        for rows in minibatch_order(experience.size, spec.mini_batch_size, spec.ppo_epochs, spec.seed):
+            minibatch = experience.select(rows)
+            for micro in minibatch.micro_batches(spec.micro_batch_size):
+                records.append(self._micro_step(micro.to(self.device), spec))
+        metrics = mean_metrics(records)
+        metrics["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        metrics["lr"] = float(self.engine.get_lr()[0])
+        return metrics
+
+    def _micro_step(self, micro: "Experience", spec: PolicyLossSpec) -> dict[str, float]:
+        from chimed_ray.algorithms import entropy_bonus, ppo_clip
+        from chimed_ray.distributed.forward import response_logprobs
+
+        logprobs, entropy = response_logprobs(self.engine, micro, spec.temperature, with_entropy=True)
+        policy_loss, stats = ppo_clip(
+            logprobs, micro.old_logprobs, micro.advantages, micro.response_mask,
+            clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, agg_mode=spec.agg_mode,
+        )
+        entropy_term, mean_entropy = entropy_bonus(entropy, micro.response_mask, spec.entropy_coef, spec.agg_mode)
+        self._backward_step(policy_loss + entropy_term)
+        return {
+            "policy_loss": float(policy_loss.detach()), "clip_fraction": float(stats["clip_fraction"]),
+            "approx_kl": float(stats["approx_kl"]), "entropy": float(mean_entropy),
+        }
+
+
+def eos_token_ids(tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's EOS (plus a chat model's end-of-turn token)."""
+    ids = [tokenizer.eos_token_id]
+    for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    return ids

@@ -1,0 +1,59 @@
+"""The one interface every generation engine implements, and the sampling parameters it takes.
+
+An engine turns prompt token ids into answer token ids and can receive new weights. PPO calls
+`generate` once per step and, when the engine does not share the policy's parameters, pushes the
+updated weights with `load_weights` after every optimizer update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one answer per prompt. `greedy` overrides temperature/top-p/top-k."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    seed: Optional[int] = None
+
+
+class GenerationEngine(Protocol):
+    """What the PPO driver and rejection sampling need from an engine."""
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        """One answer per prompt: generated ids only, ending with EOS when the model stopped."""
+
+    def load_weights(self, state_dict: dict[str, "torch.Tensor"]) -> None:
+        """Replace the engine's weights with `state_dict` (the policy's HF parameter names)."""
+
+
+def trim_at_eos(ids: list[int], eos_ids: set[int], pad_id: Optional[int]) -> list[int]:
+    """Cut an answer after its first EOS (kept) or before trailing padding."""
+    for index, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: index + 1]
+        if pad_id is not None and token == pad_id:
+            return ids[:index]
+    return ids
+
+
+def build_engine(kind: str, **kwargs) -> GenerationEngine:
+    """Create an engine by name: `hf` (HF generate) or `vllm` (imported only when asked for)."""
+    if kind == "hf":
+        from chimed_ray.rollout.hf_engine import HFEngine
+
+        return HFEngine.from_path(**kwargs)
+    if kind == "vllm":
+        from chimed_ray.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(**kwargs)
+    raise ValueError(f"unknown generation engine {kind!r}; expected 'hf' or 'vllm'")
