@@ -7,7 +7,6 @@ stage starts; each stage reads the previous stage's `final/` checkpoint.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +160,14 @@ def main(argv: Sequence[str]) -> int:
 
     pipeline, _ = parse_stage_config("pipeline", PipelineConfig, argv)
     results = run_pipeline(pipeline)
-    root = Path(pipeline.output_dir).resolve()
-    print("\n[chimed-ray pipeline] outputs:", file=sys.stdout)
+    print("\n[chimed-ray pipeline] outputs:", flush=True)
     for name in pipeline.stages:
-        if name in ("serve",):
-            continue
-        print(f"  {name:<10} {results.get(name) if name != 'eval' else root / 'eval'}")
+        result = results.get(name)
+        if name == "eval" and isinstance(result, dict):
+            for key, path in result.get("files", {}).items():
+                print(f"  eval/{key:<14} {path}")
+        elif name == "serve":
+            print(f"  {'endpoint':<19} {result} ({'serving' if pipeline.serve.keep_alive else 'stopped'})")
+        else:
+            print(f"  {name:<19} {result}")
     return 0
