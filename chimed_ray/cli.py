@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chimed-ray {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; show one line, not a wall
+        from chimed_ray.distributed.group import WorkerDiedError
+
+        if isinstance(exc, WorkerDiedError):  # already one line naming the role and what to do
+            print(f"chimed-ray {argv[0]}: error: {exc}", file=sys.stderr)
+            return 1
         if type(exc).__module__.startswith("ray."):
             print(f"chimed-ray {argv[0]}: error: {_training_failure_message(exc)}", file=sys.stderr)
             return 1

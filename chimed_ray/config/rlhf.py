@@ -197,6 +197,22 @@ class PPOScaleConfig:
 
 
 @dataclass
+class PPOFaultConfig:
+    """Fault injection for testing recovery: right after the checkpoint of step `kill_at_step`,
+    the driver kills rank `rank` of `role` (as a crashed node would), so the next call into it
+    fails. A resumed run starts past that step and is not killed again."""
+
+    kill_at_step: int = 0
+    role: str = "reference"
+    rank: int = 0
+
+    def validate(self) -> None:
+        check(self.kill_at_step >= 0, "kill_at_step", "must be >= 0 (0 disables)")
+        check(self.role in ROLES, "role", f"expected one of {list(ROLES)}, got {self.role!r}")
+        check(self.rank >= 0, "rank", "must be >= 0")
+
+
+@dataclass
 class PPOConfig:
     """PPO (or GRPO / RLOO / REINFORCE++ through `algorithm.advantage_estimator`) on Ray actor groups.
 
@@ -220,6 +236,7 @@ class PPOConfig:
     critic_optim: OptimConfig = field(default_factory=OptimConfig)
     scale: PPOScaleConfig = field(default_factory=PPOScaleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fault: PPOFaultConfig = field(default_factory=PPOFaultConfig)
 
     def validate(self) -> None:
         check(bool(self.output_dir), "output_dir", "must not be empty")
@@ -305,6 +322,7 @@ __all__ = [
     "GroupScale",
     "InferenceScale",
     "PPOConfig",
+    "PPOFaultConfig",
     "PPOScaleConfig",
     "RejectionSamplingConfig",
     "RewardConfig",

@@ -5,6 +5,7 @@ Rank 0 picks MASTER_ADDR/MASTER_PORT on its node; every rank then joins with glo
 
     refs = policy.async_run("train_step", experience)         # same arguments on every rank
     refs = reference.async_run_sharded("logprobs", rollout)   # rank r gets rows shard r of the batch
+    logprobs = gather(refs)                                     # raises at the first failed rank
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ class ActorGroup:
 
     def run(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Blocking `async_run`: the results of every rank."""
-        import ray
+        return gather(self.async_run(method, *args, **kwargs))
 
-        return ray.get(self.async_run(method, *args, **kwargs))
+    def rank_of(self, actor_id: Optional[str]) -> Optional[int]:
+        """The rank of the actor with hex id `actor_id` in this group, or None."""
+        ids = [actor._actor_id.hex() for actor in self.actors]
+        return ids.index(actor_id) if actor_id in ids else None
 
     def shutdown(self) -> None:
         """Kill the group's actors (the placement group is released by its owner)."""
@@ -91,6 +95,22 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker of an actor group died mid-run; the message names the role and what to do next."""
+
+
+def gather(refs: Sequence[Any]) -> list:
+    """`ray.get(refs)` that fails fast: the first failed call raises at once, instead of waiting
+    for the other ranks, which may block forever in a collective with the dead one."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raises the first failure (e.g. ActorDiedError) now
+    return ray.get(list(refs))
 
 
 def _shard(batch: Any, rank: int, world_size: int) -> Any:

@@ -53,15 +53,20 @@ def resolve_paths(config: TrainStageConfig) -> TrainStageConfig:
 
 
 def check_inputs(config: TrainStageConfig) -> None:
-    """Fail on the driver, before any worker starts, for missing data files or a model directory
-    that is not an HF checkpoint."""
-    from chimed_ray.data.readers import expand_path
+    """Fail on the driver, before any worker starts, for missing data files, a malformed JSON line
+    (named as file:line) or a model directory that is not an HF checkpoint."""
+    from chimed_ray.data.readers import expand_path, iter_records
     from chimed_ray.models import is_hf_checkpoint
     from chimed_ray.utils.files import InputError, require_dir
 
     for path in config.data.train_files + config.data.eval_files:
         if "://" not in path:
-            expand_path(Path(path))
+            # Parsing JSON is cheap next to training, and a bad line found by a worker would
+            # surface only after Ray started, buried in its logs.
+            json_files = [file for file in expand_path(Path(path)) if file.suffix in (".jsonl", ".json")]
+            if json_files:
+                for _ in iter_records(json_files, config.data.skip_bad_lines):
+                    pass
     if config.model.path:
         require_dir(config.model.path, "model.path: model checkpoint")
         if not is_hf_checkpoint(config.model.path):

@@ -32,6 +32,7 @@ from chimed_ray.algorithms import (
 from chimed_ray.config import dump_config
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
+from chimed_ray.distributed.group import WorkerDiedError, gather
 from chimed_ray.distributed.policy import eos_token_ids
 from chimed_ray.distributed.rollout import sync_weights
 from chimed_ray.distributed.worker import mean_metrics
@@ -93,7 +94,7 @@ def run_ppo(config: PPOConfig) -> Path:
 
             # 2. Generate with the current policy (on the policy workers, or the separate engine).
             with timer("generate"):
-                parts = ray.get(generator.async_run_sharded("generate", prompt_ids, sampling))  # rank order
+                parts = gather(generator.async_run_sharded("generate", prompt_ids, sampling))  # rank order
             answers = [ids for part in parts for ids in part]
             rollout = build_rollout_batch(prompt_ids, answers, group_ids, pad_id, eos_ids)
             mask = rollout.response_mask
@@ -104,10 +105,10 @@ def run_ppo(config: PPOConfig) -> Path:
                 reference_refs = groups.reference.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
                 value_refs = groups.critic.async_run_sharded("values", rollout) if groups.critic else []
                 score_refs = groups.reward.async_run_sharded("score", rollout)
-                old_logprobs = concat_rows(ray.get(old_refs))  # [B, R]
-                reference_logprobs = concat_rows(ray.get(reference_refs))  # [B, R]
-                values = concat_rows(ray.get(value_refs)) if value_refs else None  # [B, R]
-                scores = concat_rows(ray.get(score_refs))  # [B]
+                old_logprobs = concat_rows(gather(old_refs))  # [B, R]
+                reference_logprobs = concat_rows(gather(reference_refs))  # [B, R]
+                values = concat_rows(gather(value_refs)) if value_refs else None  # [B, R]
+                scores = concat_rows(gather(score_refs))  # [B]
 
             # 4. Token-level rewards: the score on the last answer token, -kl_coef * KL on every token.
             kl = kl_penalty(old_logprobs, reference_logprobs, algo.kl_estimator) * mask  # [B, R]
@@ -130,7 +131,7 @@ def run_ppo(config: PPOConfig) -> Path:
                 train_refs = groups.policy.async_run_sharded("train_step", experience, policy_spec)
                 if groups.critic is not None:
                     train_refs += groups.critic.async_run_sharded("train_step", experience, critic_spec)
-                train_metrics = mean_metrics(ray.get(train_refs))
+                train_metrics = mean_metrics(gather(train_refs))
 
             # 8. Weight sync: a separate engine must sample from the updated policy next step.
             with timer("sync"):
@@ -146,8 +147,12 @@ def run_ppo(config: PPOConfig) -> Path:
             tracker.log(step, {**metrics, "time/step_s": time.perf_counter() - step_started})
             if step == config.total_steps or (config.logging.save_every and step % config.logging.save_every == 0):
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
+            if step == config.fault.kill_at_step:
+                groups.kill(config.fault.role, config.fault.rank)
         tracker.close()
         return save_final(groups, output)
+    except ray.exceptions.RayActorError as exc:
+        raise worker_died(groups, exc, output) from None
     finally:
         groups.shutdown()
 
@@ -178,10 +183,20 @@ def save_final(groups: PPOGroups, output: Path) -> Path:
     refs = groups.policy.async_run("save_hf", str(output / "final"))
     if groups.critic is not None:
         refs += groups.critic.async_run("save_hf", str(output / "critic"))
-    ray.get(refs)
+    gather(refs)
     plot_curves(output / "metrics.jsonl", output / "reward_curve.png", ("reward/mean", "kl/per_sequence"), title="ppo")
     print(f"[chimed-ray ppo] final policy: {output / 'final'}", flush=True)
     return output / "final"
+
+
+def worker_died(groups: PPOGroups, exc: BaseException, output: Path) -> WorkerDiedError:
+    """One line for a dead actor: which role, Ray's reason, and how to continue."""
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    checkpoint = latest_checkpoint(output)
+    where = (f"rerun with resume=true to continue from its last checkpoint, {checkpoint.name}" if checkpoint
+             else "no checkpoint was saved yet, so rerun from the start")
+    return WorkerDiedError(f"the PPO {groups.find_actor(getattr(exc, 'actor_id', None))} actor died "
+                           f"({reason}); {where} (output_dir={output})")
 
 
 def resolve_paths(config: PPOConfig) -> PPOConfig:

@@ -78,8 +78,11 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def save_checkpoint(groups: "PPOGroups", state: DriverState, output_dir: str | Path, keep: int) -> Path:
-    """Write policy + critic DeepSpeed states and the driver state atomically; prune old ones."""
-    import ray
+    """Write policy + critic DeepSpeed states and the driver state atomically; prune old ones.
+
+    A run killed at any moment leaves the previous checkpoint loadable: the new one appears only
+    by a rename once complete, `latest` moves after that, and older ones are pruned last."""
+    from chimed_ray.distributed.group import gather
 
     root = checkpoint_root(output_dir)
     target = root / f"step_{state.step:06d}"
@@ -87,33 +90,41 @@ def save_checkpoint(groups: "PPOGroups", state: DriverState, output_dir: str | P
         refs = groups.policy.async_run("save_checkpoint", str(tmp / "policy"))
         if groups.critic is not None:
             refs += groups.critic.async_run("save_checkpoint", str(tmp / "critic"))
-        ray.get(refs)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        gather(refs)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))  # written last: marks complete
     atomic_write_text(root / LATEST, target.name)
     finished = sorted(path for path in root.glob("step_*") if path.is_dir())
     for old in finished[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        hidden = old.with_name(f".{old.name}.deleting")  # a kill mid-delete leaves no half `step_*`
+        shutil.rmtree(hidden, ignore_errors=True)  # left by an earlier killed run
+        old.rename(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
     return target
 
 
 def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
-    pointer = checkpoint_root(output_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    path = checkpoint_root(output_dir) / pointer.read_text().strip()
-    return path if (path / STATE_FILE).is_file() else None
+    """The checkpoint `latest` names, else the newest complete one (temporary `.step_*` siblings
+    of an interrupted save are never picked)."""
+    root = checkpoint_root(output_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if (path / STATE_FILE).is_file():
+            return path
+    complete = sorted(path for path in root.glob("step_*") if (path / STATE_FILE).is_file())
+    return complete[-1] if complete else None
 
 
 def restore_checkpoint(groups: "PPOGroups", directory: Path) -> DriverState:
     """Load policy/critic states from `directory` and return the driver state saved with them."""
-    import ray
+    from chimed_ray.distributed.group import gather
 
     refs = groups.policy.async_run("load_checkpoint", str(directory / "policy"))
     if groups.critic is not None:
         if not (directory / "critic").is_dir():
             raise FileNotFoundError(f"{directory}: no critic state, but this run's estimator needs a critic")
         refs += groups.critic.async_run("load_checkpoint", str(directory / "critic"))
-    ray.get(refs)
+    gather(refs)
     data = json.loads((directory / STATE_FILE).read_text())
     return DriverState(**{key: value for key, value in data.items() if key in DriverState.__dataclass_fields__})
 

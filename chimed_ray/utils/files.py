@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,8 +27,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        if target.exists() and _exchange(tmp, target):
+            return  # `tmp` now holds the old contents, removed below
         backup = None
         if target.exists():
+            # Without an atomic exchange a kill between these two renames leaves only the backup.
             backup = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, backup)
         os.replace(tmp, target)
@@ -36,6 +40,21 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`), so there
+    is no moment where the old directory is gone and the new one not yet in place. False where
+    the OS or file system does not support it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
