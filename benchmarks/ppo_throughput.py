@@ -1,16 +1,18 @@
-"""RL samples/s on CPU: our PPO engine (GRPO estimator, Ray actor groups) vs TRL's GRPOTrainer, same
-tiny model, same prompts, same batch shape, in one run, side by side.
+"""RL samples/s on CPU: our PPO engine (Ray actor groups) under each advantage estimator (GAE with
+a critic, GRPO, RLOO, REINFORCE++) vs TRL's GRPOTrainer, same tiny model, same prompts, same batch
+shape, in one run, one table.
 
     python benchmarks/ppo_throughput.py [--steps 8] [--prompts-per-step 4] [--samples-per-prompt 4]
                                         [--max-new-tokens 32] [--hidden-size 64] [--layers 2]
+                                        [--estimators gae,grpo,rloo,reinforce_pp]
 
 Both sides do the same work per step: sample prompts x samples answers with HF `generate` (KV
 cache, temperature 1), score them with the same rule reward, compute reference log-probs for a KL
 penalty (0.05), group-normalised advantages, and one optimizer step over the whole batch. The
 figure is steady-state samples/s: answers per step divided by the wall time of a step, steps
 after the first (which pays for warm-up) only. Start-up (Ray actors, TRL trainer construction)
-is printed apart. Our run uses three actor groups (policy, reference, reward) on a local Ray
-cluster, one torch thread each (Ray sets OMP_NUM_THREADS from num_cpus=1); TRL runs in this
+is printed apart. Our critic-free runs use three actor groups (policy, reference, reward) on a local
+Ray cluster, GAE a fourth (the critic, initialised from the policy, trained in parallel with it), one torch thread each (Ray sets OMP_NUM_THREADS from num_cpus=1); TRL runs in this
 process with `--threads` torch threads (default 1, the same per process). TRL's default gradient
 checkpointing is turned off, as ours is.
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 REWARD = "chimed_ray.rollout.rule_rewards:token_parity"
+ESTIMATORS = "gae,grpo,rloo,reinforce_pp"
 
 
 def tiny_checkpoint(directory: Path, hidden_size: int, layers: int) -> Path:
@@ -35,7 +38,8 @@ def tiny_checkpoint(directory: Path, hidden_size: int, layers: int) -> Path:
     return save_hf_checkpoint(build_causal_lm("", shape, tokenizer, seed=0), tokenizer, directory / "model")
 
 
-def run_ours(checkpoint: Path, output: Path, args: argparse.Namespace) -> tuple[float, float, dict[str, float]]:
+def run_ours(checkpoint: Path, output: Path, estimator: str,
+             args: argparse.Namespace) -> tuple[float, float, dict[str, float]]:
     """(steady-state samples/s, wall seconds including actor start-up, mean seconds per phase)."""
     from chimed_ray.config import load_config
     from chimed_ray.config.rlhf import PPOConfig
@@ -45,11 +49,12 @@ def run_ours(checkpoint: Path, output: Path, args: argparse.Namespace) -> tuple[
     batch = args.prompts_per_step * args.samples_per_prompt
     config = load_config(PPOConfig, None, [
         f"output_dir={output}", f"model.path={checkpoint}", f"reward.function={REWARD}", f"total_steps={args.steps}",
-        "algorithm.advantage_estimator=grpo", "algorithm.kl_coef=0.05", "algorithm.ppo_epochs=1",
+        f"algorithm.advantage_estimator={estimator}", "algorithm.kl_coef=0.05", "algorithm.ppo_epochs=1",
         f"algorithm.mini_batch_size={batch}", f"rollout.prompts_per_step={args.prompts_per_step}",
         f"rollout.samples_per_prompt={args.samples_per_prompt}", f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.max_prompt_length=128", f"optim.micro_batch_size={batch}", "optim.lr=1e-5", "optim.warmup_ratio=0",
         "scale.policy.num_workers=1", "scale.reference.num_workers=1", "scale.reward.num_workers=1",
+        "scale.critic.num_workers=1", f"critic_optim.micro_batch_size={batch}", "critic_optim.warmup_ratio=0",
         "logging.progress_bar=false", "logging.tensorboard=false", f"logging.save_every={args.steps}",
     ])
     started = time.perf_counter()
@@ -111,6 +116,7 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the TRL process")
+    parser.add_argument("--estimators", default=ESTIMATORS, help="comma-separated advantage estimators of our runs")
     args = parser.parse_args()
 
     import ray
@@ -131,18 +137,20 @@ def main() -> None:
         started = time.perf_counter()
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         ray_start = time.perf_counter() - started
-        ours_rate, ours_wall, phases = run_ours(checkpoint, directory / "ours", args)
+        ours = {name: run_ours(checkpoint, directory / name, name, args) for name in args.estimators.split(",")}
         ray.shutdown()
 
     batch = args.prompts_per_step * args.samples_per_prompt
-    print(f"\nGRPO on CPU, tiny LLaMA (hidden {args.hidden_size}, {args.layers} layers), {batch} samples/step "
+    print(f"\nRL on CPU, tiny LLaMA (hidden {args.hidden_size}, {args.layers} layers), {batch} samples/step "
           f"({args.prompts_per_step} prompts x {args.samples_per_prompt}), {args.max_new_tokens} new tokens, "
           f"{args.steps} steps")
-    print(f"{'engine':<28}{'samples/s (steady)':>20}{'wall s (with start-up)':>26}")
-    print(f"{'chimed-ray (Ray actors)':<28}{ours_rate:>20.2f}{ours_wall:>26.1f}")
-    print(f"{f'TRL GRPOTrainer ({args.threads} thr)':<28}{trl_rate:>20.2f}{trl_wall:>26.1f}")
-    print("chimed-ray seconds per step: " + ", ".join(f"{name} {seconds:.3f}" for name, seconds in phases.items()))
-    print(f"ratio chimed-ray / TRL: {ours_rate / trl_rate:.2f}x  (ray.init took {ray_start:.1f}s, not counted)")
+    print(f"{'engine':<32}{'estimator':<14}{'samples/s (steady)':>20}{'wall s (with start-up)':>26}{'vs TRL':>9}")
+    for name, (rate, wall, _) in ours.items():
+        print(f"{'chimed-ray (Ray actors)':<32}{name:<14}{rate:>20.2f}{wall:>26.1f}{rate / trl_rate:>8.2f}x")
+    print(f"{f'TRL GRPOTrainer ({args.threads} thr)':<32}{'grpo':<14}{trl_rate:>20.2f}{trl_wall:>26.1f}{1.0:>8.2f}x")
+    for name, (_, _, phases) in ours.items():
+        print(f"chimed-ray {name} seconds per step: " + ", ".join(f"{phase} {s:.3f}" for phase, s in phases.items()))
+    print(f"(ray.init took {ray_start:.1f}s, not counted)")
 
 
 if __name__ == "__main__":

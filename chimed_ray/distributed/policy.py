@@ -1,12 +1,17 @@
 """The policy role: samples answers (HF generate on its own weights), scores its log-probs, and
-takes PPO steps (clipped surrogate + entropy bonus) under DeepSpeed."""
+takes PPO steps (clipped surrogate + entropy bonus) under DeepSpeed.
+
+With `model.lora` enabled the policy is a peft model: only its adapters train (and reach the
+optimizer), a separate rollout engine receives the merged weights under the base model's names,
+and the final save writes the merged HF model plus `adapter/`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from chimed_ray.distributed.worker import ModelSpec, TrainableWorker, mean_metrics
 
@@ -14,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from chimed_ray.config import OptimConfig, ScaleConfig
+    from chimed_ray.config.common import LoRAConfig
     from chimed_ray.distributed.batch import Experience, RolloutBatch
     from chimed_ray.rollout.base import SamplingParams
 
@@ -45,13 +51,21 @@ def minibatch_order(size: int, mini_batch_size: int, epochs: int, seed: int) -> 
 class PolicyWorker(TrainableWorker):
     """One rank of the trainable policy."""
 
+    lora: Optional["LoRAConfig"] = None
+
     def setup(self, model: ModelSpec, optim: "OptimConfig", scale: "ScaleConfig", total_steps: int,
-              generation_batch_size: int = 0) -> None:
+              generation_batch_size: int = 0, lora: Optional["LoRAConfig"] = None) -> None:
         from chimed_ray.rollout.hf_engine import HFEngine
 
         self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
         self.micro_batch_size = optim.micro_batch_size
-        self.init_engine(model.causal_lm(self.tokenizer), optim, scale, total_steps)
+        network = model.causal_lm(self.tokenizer)
+        if lora is not None and lora.enabled:
+            from chimed_ray.models.lora import apply_lora
+
+            # Frozen base weights never reach the optimizer: `make_optimizer` takes trainable ones only.
+            self.lora, network = lora, apply_lora(network, lora).train()
+        self.init_engine(network, optim, scale, total_steps)
         # The default rollout engine shares the training module: it always samples the latest weights.
         self.rollout = HFEngine(self.engine.module, eos_token_ids(self.tokenizer), self.tokenizer.pad_token_id,
                                 generation_batch_size)
@@ -66,6 +80,27 @@ class PolicyWorker(TrainableWorker):
                 yield
         else:
             yield
+
+    def full_state_dict(self) -> Optional[dict[str, "torch.Tensor"]]:
+        """The full weights on rank 0 under the base model's names; a LoRA policy's adapters are
+        merged in, so a separate engine (HF or vLLM) loads them like any checkpoint."""
+        state = super().full_state_dict()
+        if state is None or self.lora is None:
+            return state
+        from chimed_ray.models.lora import lora_scaling, merge_lora_state_dict
+
+        return merge_lora_state_dict(state, lora_scaling(self.engine.module))
+
+    def save_hf(self, directory: str) -> Optional[str]:
+        """The policy as an HF directory; with LoRA the merged model (if `merge_on_save`) plus `adapter/`."""
+        if self.lora is None:
+            return super().save_hf(directory)
+        from chimed_ray.models.lora import save_lora
+
+        state = TrainableWorker.full_state_dict(self)  # peft names: save_lora splits adapter and base
+        if self.rank != 0:
+            return None
+        return str(save_lora(self.engine.module, self.tokenizer, directory, state, merge=self.lora.merge_on_save))
 
     def generate(self, prompts: list[list[int]], params: "SamplingParams") -> list[list[int]]:
         """One answer per prompt, sampled with the current weights."""

@@ -24,7 +24,7 @@ from chimed_ray.config.dpo import REFERENCE_LOSSES, DPOConfig
 from chimed_ray.data import IGNORE_INDEX, PreferencePair, collate_lm, load_split, to_preference, tokenize_dialogue
 from chimed_ray.data.splits import keys_of
 from chimed_ray.trainers.task import StageTask
-from chimed_ray.utils.files import InputError, atomic_write_text
+from chimed_ray.utils.files import InputError, absolute_path, atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -327,10 +327,6 @@ def ensure_reference_logps(config: DPOConfig) -> tuple[Path, int]:
 # ------------------------------------------------------------------------------------------- driver
 
 
-def _absolute(path: str) -> str:
-    return path if not path or "://" in path else str(Path(path).expanduser().resolve())
-
-
 def resolve_reference(config: DPOConfig) -> DPOConfig:
     """The config with the reference path (default `model.path`) and cache file made absolute."""
     from chimed_ray.trainers.launch import resolve_paths
@@ -338,8 +334,8 @@ def resolve_reference(config: DPOConfig) -> DPOConfig:
     config = resolve_paths(config)
     reference = replace(
         config.reference,
-        path=_absolute(config.reference.path or config.model.path),
-        cache_file=_absolute(str(reference_cache_path(config))),
+        path=absolute_path(config.reference.path or config.model.path),
+        cache_file=absolute_path(str(reference_cache_path(config))),
     )
     return replace(config, reference=reference)
 

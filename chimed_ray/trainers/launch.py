@@ -13,7 +13,7 @@ from chimed_ray.config import TrainStageConfig, check_cluster_fits, dump_config,
 from chimed_ray.trainers.checkpoints import HF_DIR
 from chimed_ray.trainers.loop import train_loop_per_worker
 from chimed_ray.trainers.task import load_task
-from chimed_ray.utils.files import atomic_directory
+from chimed_ray.utils.files import absolute_path, atomic_directory
 
 
 def ensure_ray() -> None:
@@ -28,28 +28,21 @@ def ensure_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
-def _absolute(path: str) -> str:
-    """Make local paths absolute so Ray workers (other cwd) find them; leave URIs alone."""
-    if not path or "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
 def resolve_paths(config: TrainStageConfig) -> TrainStageConfig:
     """The config with output, storage, model and data paths made absolute."""
-    output_dir = _absolute(config.output_dir)
+    output_dir = absolute_path(config.output_dir)
     data = replace(
         config.data,
-        train_files=[_absolute(p) if Path(p).exists() else p for p in config.data.train_files],
-        eval_files=[_absolute(p) if Path(p).exists() else p for p in config.data.eval_files],
+        train_files=[absolute_path(p) if Path(p).exists() else p for p in config.data.train_files],
+        eval_files=[absolute_path(p) if Path(p).exists() else p for p in config.data.eval_files],
     )
     model = replace(
         config.model,
-        path=_absolute(config.model.path) if config.model.path else "",
-        tokenizer_path=_absolute(config.model.tokenizer_path) if config.model.tokenizer_path else "",
+        path=absolute_path(config.model.path) if config.model.path else "",
+        tokenizer_path=absolute_path(config.model.tokenizer_path) if config.model.tokenizer_path else "",
     )
     storage = config.storage_path or str(Path(output_dir) / "ray")
-    return replace(config, output_dir=output_dir, storage_path=_absolute(storage), data=data, model=model)
+    return replace(config, output_dir=output_dir, storage_path=absolute_path(storage), data=data, model=model)
 
 
 def check_inputs(config: TrainStageConfig) -> None:

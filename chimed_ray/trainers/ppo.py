@@ -40,7 +40,8 @@ from chimed_ray.models import load_tokenizer
 from chimed_ray.models.heads import require_hf_checkpoints
 from chimed_ray.rollout.base import SamplingParams
 from chimed_ray.rollout.prompts import load_prompts
-from chimed_ray.trainers.launch import _absolute, ensure_ray
+from chimed_ray.trainers.launch import ensure_ray
+from chimed_ray.utils.files import absolute_path
 from chimed_ray.trainers.ppo_groups import PPOGroups, loss_specs, start_groups
 from chimed_ray.trainers.ppo_state import (
     DriverState,
@@ -116,7 +117,8 @@ def run_ppo(config: PPOConfig) -> Path:
 
             # 5. Advantages and returns from the configured estimator; 6. whitening over the batch.
             advantages, returns = compute_advantages(algo.advantage_estimator, AdvantageInputs(
-                token_rewards=token_rewards, response_mask=mask, sequence_scores=scores, values=values,
+                # Outcome estimators (GRPO, RLOO) see the KL-regularised return r - beta * KL(seq).
+                token_rewards=token_rewards, response_mask=mask, sequence_scores=token_rewards.sum(dim=1), values=values,
                 group_ids=rollout.group_ids, gamma=algo.gamma, lam=algo.lam, whiten_gae=False,
             ))
             if algo.whiten_advantages:
@@ -201,11 +203,11 @@ def worker_died(groups: PPOGroups, exc: BaseException, output: Path) -> WorkerDi
 
 def resolve_paths(config: PPOConfig) -> PPOConfig:
     """Absolute local paths, so actors (other working directories) find them."""
-    model = replace(config.model, path=_absolute(config.model.path), tokenizer_path=_absolute(config.model.tokenizer_path))
-    reward = replace(config.reward, path=_absolute(config.reward.path))
-    data = replace(config.data, train_files=[_absolute(p) if Path(p).exists() else p for p in config.data.train_files])
-    return replace(config, output_dir=_absolute(config.output_dir), model=model, reward=reward, data=data,
-                   critic_path=_absolute(config.critic_path))
+    model = replace(config.model, path=absolute_path(config.model.path), tokenizer_path=absolute_path(config.model.tokenizer_path))
+    reward = replace(config.reward, path=absolute_path(config.reward.path))
+    data = replace(config.data, train_files=[absolute_path(p) if Path(p).exists() else p for p in config.data.train_files])
+    return replace(config, output_dir=absolute_path(config.output_dir), model=model, reward=reward, data=data,
+                   critic_path=absolute_path(config.critic_path))
 
 
 def main(argv: Sequence[str]) -> int:

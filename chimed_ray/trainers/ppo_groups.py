@@ -10,7 +10,7 @@ from typing import Optional
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.critic import CriticWorker, ValueLossSpec
 from chimed_ray.distributed.frozen import ReferenceWorker, RewardWorker
-from chimed_ray.distributed.group import ActorGroup
+from chimed_ray.distributed.group import ActorGroup, gather
 from chimed_ray.distributed.placement import RoleResources, Slot, plan_slots, release
 from chimed_ray.distributed.policy import PolicyLossSpec, PolicyWorker
 from chimed_ray.distributed.rollout import RolloutWorker
@@ -33,10 +33,31 @@ class PPOGroups:
     rollout: Optional[ActorGroup]  # None: the policy workers generate
     slots: dict[str, list[Slot]]
 
+    def by_role(self) -> dict[str, ActorGroup]:
+        roles = {"policy": self.policy, "reference": self.reference, "reward": self.reward,
+                 "critic": self.critic, "rollout": self.rollout}
+        return {role: group for role, group in roles.items() if group is not None}
+
+    def find_actor(self, actor_id: Optional[str]) -> str:
+        """`role rank r` of the actor with hex id `actor_id` ("an actor" if it is not one of ours)."""
+        for role, group in self.by_role().items():
+            rank = group.rank_of(actor_id)
+            if rank is not None:
+                return f"{role} rank {rank}"
+        return "an actor"
+
+    def kill(self, role: str, rank: int) -> None:
+        """Kill one worker, as a crashed node would (fault injection for recovery tests)."""
+        import ray
+
+        group = self.by_role().get(role)
+        if group is None or rank >= group.world_size:
+            raise ValueError(f"fault: this run has no {role} rank {rank}")
+        ray.kill(group.actors[rank], no_restart=True)
+
     def shutdown(self) -> None:
-        for group in (self.policy, self.reference, self.reward, self.critic, self.rollout):
-            if group is not None:
-                group.shutdown()
+        for group in self.by_role().values():
+            group.shutdown()
         release(self.slots)
 
 
@@ -60,8 +81,6 @@ def model_spec(config: PPOConfig, path: str, tokenizer_path: str, trainable: boo
 
 def start_groups(config: PPOConfig) -> PPOGroups:
     """Reserve resources, create every role's actor group and load the models (in parallel)."""
-    import ray
-
     scale, needs_critic = config.scale, config.algorithm.needs_critic
     roles = ["policy", "reference", "reward"] + (["critic"] if needs_critic else [])
     roles += ["rollout"] if config.rollout.separate_engine else []
@@ -79,7 +98,7 @@ def start_groups(config: PPOConfig) -> PPOGroups:
     refs = groups["policy"].async_run(
         "setup", model_spec(config, policy_path, policy_tokenizer, trainable=True),
         replace(config.optim, gradient_accumulation_steps=config.gradient_accumulation("policy")),
-        scale.deepspeed_scale(scale.policy), total)
+        scale.deepspeed_scale(scale.policy), total, lora=config.model.lora)
     frozen_policy = model_spec(config, policy_path, policy_tokenizer, trainable=False)
     refs += groups["reference"].async_run("setup", frozen_policy, config.optim.micro_batch_size)
     reward_model = model_spec(config, config.reward.path, "" if config.reward.path else policy_tokenizer, trainable=False)
@@ -94,7 +113,7 @@ def start_groups(config: PPOConfig) -> PPOGroups:
     if config.rollout.separate_engine:
         refs += groups["rollout"].async_run("setup", config.rollout.engine, frozen_policy, 0,
                                             config.rollout.vllm_gpu_memory_utilization)
-    ray.get([ref for group in groups.values() for ref in group.ready] + refs)
+    gather([ref for group in groups.values() for ref in group.ready] + refs)
     return PPOGroups(groups["policy"], groups["reference"], groups["reward"], groups.get("critic"),
                      groups.get("rollout"), slots)
 

@@ -32,17 +32,18 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
     from chimed_ray.models import load_tokenizer
     from chimed_ray.models.heads import require_hf_checkpoints
     from chimed_ray.rollout.prompts import load_prompts
-    from chimed_ray.trainers.launch import _absolute, ensure_ray, run_ray_train
+    from chimed_ray.trainers.launch import ensure_ray, run_ray_train
+    from chimed_ray.utils.files import absolute_path
     from chimed_ray.utils.tracking import RunTracker
 
-    require_hf_checkpoints({"model.path": _absolute(config.model.path), "reward.path": _absolute(config.reward.path)})
-    output = Path(_absolute(config.output_dir))
+    require_hf_checkpoints({"model.path": absolute_path(config.model.path), "reward.path": absolute_path(config.reward.path)})
+    output = Path(absolute_path(config.output_dir))
     output.mkdir(parents=True, exist_ok=True)
     dump_config(config, output / "config.yaml")
     tokenizer = load_tokenizer(config.model.tokenizer_path or config.model.path, config.model.trust_remote_code)
     prompts = load_prompts(config.data, tokenizer, config.sampling.max_prompt_length, config.max_prompts)
     ensure_ray()
-    checkpoint = _absolute(config.model.path) or str(save_initial_model(config, tokenizer, output / "initial"))
+    checkpoint = absolute_path(config.model.path) or str(save_initial_model(config, tokenizer, output / "initial"))
     tracker = RunTracker(output, config.rounds, 0, progress_bar=False, description="rejection-sampling")
     for round_index in range(1, config.rounds + 1):
         started = time.perf_counter()
@@ -84,7 +85,7 @@ def sample_and_score_prompts(
 ) -> list[dict[str, Any]]:
     """K scored answers per prompt from `checkpoint` (seeded by the round)."""
     from chimed_ray.rollout.batch_inference import sample_and_score
-    from chimed_ray.trainers.launch import _absolute
+    from chimed_ray.utils.files import absolute_path
 
     k = config.samples_per_prompt
     rows = [{"row_id": p * k + i, "prompt_index": p, "prompt_ids": prompt.token_ids}
@@ -93,7 +94,7 @@ def sample_and_score_prompts(
     params = SamplingParams(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.top_k,
                             seed=config.seed * 1_000_003 + round_index * 10_007)
     scale = config.inference
-    return sample_and_score(rows, checkpoint, params, _absolute(config.reward.path), config.reward.function,
+    return sample_and_score(rows, checkpoint, params, absolute_path(config.reward.path), config.reward.function,
                             scale.num_actors, scale.cpus_per_actor, scale.gpus_per_actor, scale.batch_size)
 
 

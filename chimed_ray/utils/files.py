@@ -79,6 +79,13 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def absolute_path(path: str) -> str:
+    """Make a local path absolute so Ray workers (another cwd) find it; URIs and "" stay as they are."""
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
 def require_dir(path: str | Path, what: str) -> Path:
     """Return `path` if it is a directory, else raise InputError naming it and what it should be."""
     path = Path(path)
