@@ -26,6 +26,25 @@ STAGES = {
 }
 
 
+STAGE_CONFIGS = {
+    "pretrain": "chimed_ray.config.train:PretrainConfig",
+    "sft": "chimed_ray.config.train:SFTConfig",
+    "reward": "chimed_ray.config.rlhf:RewardConfig",
+    "ppo": "chimed_ray.config.rlhf:PPOConfig",
+    "rejection-sampling": "chimed_ray.config.rlhf:RejectionSamplingConfig",
+    "dpo": "chimed_ray.config.dpo:DPOConfig",
+    "eval": "chimed_ray.config.eval:EvalConfig",
+    "serve": "chimed_ray.config.serve:ServeConfig",
+    "pipeline": "chimed_ray.config.pipeline:PipelineConfig",
+}
+
+
+def stage_config_class(stage: str) -> type:
+    """The typed config class of `stage` (for tools that check configs without running them)."""
+    module_name, class_name = STAGE_CONFIGS[stage].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """The argument parser every stage shares: `--config FILE` and trailing `key=value` overrides."""
     parser = argparse.ArgumentParser(prog=f"chimed-ray {stage}", description=description)

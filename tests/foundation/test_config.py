@@ -84,3 +84,20 @@ def test_more_workers_than_the_cluster_is_an_error(ray_cluster):
 def test_cpu_resolves_to_fp32_and_gpu_to_bf16():
     assert ScaleConfig().resolved_precision() == "fp32"
     assert ScaleConfig(use_gpu=True).resolved_precision() == "bf16"
+
+
+def test_every_stage_yaml_loads_with_its_own_config_class():
+    from chimed_ray.cli import STAGES, stage_config_class
+
+    seen = 0
+    for stage in STAGES:
+        directory = CONFIGS / stage.replace("-", "_")
+        for path in sorted(directory.glob("*.yaml")):
+            if path.name == "serve_config.yaml":
+                continue  # Ray Serve's own format, checked in tests/serving
+            first_line = path.read_text(encoding="utf-8").splitlines()[0]
+            runs_it = (f"chimed-ray {stage} --config" in first_line) or (f"chimed_ray {stage} --config" in first_line)
+            assert first_line.startswith("#") and runs_it, path
+            load_config(stage_config_class(stage), path)
+            seen += 1
+    assert seen >= 15
