@@ -199,24 +199,24 @@ class LoggingConfig:
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 
-def check_cluster_fits(scale: ScaleConfig) -> None:
-    """Fail early if the running Ray cluster cannot hold the requested workers."""
+def check_resources(key: str, count: int, unit: str, cpus_each: float, gpus_each: float) -> None:
+    """Fail early, naming `key`, if the running Ray cluster cannot hold `count` workers (or actors)
+    of `cpus_each` CPUs and `gpus_each` GPUs."""
     import ray
 
     total = ray.cluster_resources()
-    need_cpu = scale.num_workers * scale.cpus_per_worker
-    if total.get("CPU", 0) < need_cpu:
-        raise ConfigError(
-            f"scale.num_workers: {scale.num_workers} workers x {scale.cpus_per_worker} CPUs need "
-            f"{need_cpu:g} CPUs, the Ray cluster has {total.get('CPU', 0):g}"
-        )
-    if scale.use_gpu:
-        need_gpu = scale.num_workers * scale.gpus_per_worker
-        if total.get("GPU", 0) < need_gpu:
+    for resource, each in (("CPU", cpus_each), ("GPU", gpus_each)):
+        if each > 0 and total.get(resource, 0) < count * each:
             raise ConfigError(
-                f"scale.num_workers: {scale.num_workers} workers x {scale.gpus_per_worker} GPUs need "
-                f"{need_gpu:g} GPUs, the Ray cluster has {total.get('GPU', 0):g}"
+                f"{key}: {count} {unit} x {each:g} {resource}s need {count * each:g} {resource}s, "
+                f"the Ray cluster has {total.get(resource, 0):g}"
             )
+
+
+def check_cluster_fits(scale: ScaleConfig) -> None:
+    """Fail early if the running Ray cluster cannot hold the requested Ray Train workers."""
+    gpus = scale.gpus_per_worker if scale.use_gpu else 0.0
+    check_resources("scale.num_workers", scale.num_workers, "workers", scale.cpus_per_worker, gpus)
 
 
 __all__ = [
@@ -229,4 +229,5 @@ __all__ = [
     "ScaleConfig",
     "TinyModelConfig",
     "check_cluster_fits",
+    "check_resources",
 ]

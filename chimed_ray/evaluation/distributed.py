@@ -13,7 +13,7 @@ import contextlib
 import math
 from typing import Any, Iterator
 
-from chimed_ray.config.loader import ConfigError
+from chimed_ray.config.common import check_resources
 from chimed_ray.evaluation.records import EvalRequest, EvalResponse
 
 
@@ -63,15 +63,7 @@ class ScorerActor:
 
 def check_actor_resources(num_actors: int, cpus_per_actor: float, gpus_per_actor: float) -> None:
     """Fail before any actor starts if the Ray cluster cannot hold the actor pool."""
-    import ray
-
-    total = ray.cluster_resources()
-    for resource, each in (("CPU", cpus_per_actor), ("GPU", gpus_per_actor)):
-        if each > 0 and total.get(resource, 0) < num_actors * each:
-            raise ConfigError(
-                f"scale.num_actors: {num_actors} actors x {each:g} {resource}s need {num_actors * each:g}, "
-                f"the Ray cluster has {total.get(resource, 0):g}"
-            )
+    check_resources("scale.num_actors", num_actors, "actors", cpus_per_actor, gpus_per_actor)
 
 
 def run_on_ray(requests: list[EvalRequest], model_path: str, precision: str, max_prompt_length: int,

@@ -91,12 +91,12 @@ def sample_and_score(
     resources = {"num_cpus": cpus_per_actor, **({"num_gpus": gpus_per_actor} if use_gpu else {})}
     dataset = ray.data.from_items(rows).map_batches(
         AnswerSampler, fn_constructor_kwargs={"checkpoint": checkpoint, "params": params, "use_gpu": use_gpu},
-        batch_size=batch_size, batch_format="pandas", concurrency=num_actors, **resources,
+        batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=num_actors), **resources,
     )
     if function:
         dataset = dataset.map_batches(score_with_function, fn_kwargs={"function": function, "tokenizer_path": checkpoint},
                                       batch_size=batch_size, batch_format="pandas", num_cpus=cpus_per_actor)
     else:
         dataset = dataset.map_batches(AnswerScorer, fn_constructor_kwargs={"reward_path": reward_path, "use_gpu": use_gpu},
-                                      batch_size=batch_size, batch_format="pandas", concurrency=num_actors, **resources)
+                                      batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=num_actors), **resources)
     return sorted(dataset.take_all(), key=lambda row: row["row_id"])

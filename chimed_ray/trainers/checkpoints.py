@@ -10,11 +10,11 @@ or proven complete by all manifests, so nothing already written is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 DEEPSPEED_DIR, HF_DIR, STATE_FILE, MANIFEST_DIR, CKPT_TAG = "deepspeed", "hf", "trainer_state.json", "manifest", "state"
 
@@ -100,7 +100,7 @@ def restore_checkpoint(engine, storage_path: str, run_name: str, world_size: int
     registered = ray.train.get_checkpoint()
     run_dir = _local_run_dir(storage_path, run_name)
     found = latest_complete(run_dir, world_size) if run_dir is not None else None
-    with (registered.as_directory() if registered is not None else _null()) as registered_dir:
+    with registered.as_directory() if registered is not None else contextlib.nullcontext() as registered_dir:
         candidates = [Path(d) for d in (registered_dir, found) if d is not None]
         if not candidates:
             return None
@@ -110,11 +110,3 @@ def restore_checkpoint(engine, storage_path: str, run_name: str, world_size: int
         )
     fields = TrainState.__dataclass_fields__
     return TrainState(**{k: v for k, v in (client_state or {}).items() if k in fields})
-
-
-class _null:
-    def __enter__(self) -> Any:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
