@@ -346,10 +346,12 @@ def run_dpo(config: DPOConfig) -> Path:
     Returns:
         `<output_dir>/final`, the HF checkpoint of the last step.
     """
+    from chimed_ray.planning.check import check_memory
     from chimed_ray.trainers.launch import ensure_ray, run_ray_train
     from chimed_ray.utils.tracking import read_metrics
 
     config = resolve_reference(config)
+    check_memory("dpo", config)  # before the reference actors start; run_ray_train checks again (same plan)
     if config.algorithm.needs_reference:
         ensure_ray()
         cache, scored = ensure_reference_logps(config)

@@ -38,6 +38,7 @@ from chimed_ray.distributed.rollout import sync_weights
 from chimed_ray.distributed.worker import mean_metrics
 from chimed_ray.models import load_tokenizer
 from chimed_ray.models.heads import require_hf_checkpoints
+from chimed_ray.planning.check import check_memory
 from chimed_ray.rollout.base import SamplingParams
 from chimed_ray.rollout.prompts import load_prompts
 from chimed_ray.trainers.launch import ensure_ray
@@ -60,6 +61,7 @@ ROLLOUT_FIELDS = ("sequences", "attention_mask", "response_mask", "group_ids")
 def run_ppo(config: PPOConfig) -> Path:
     """Run PPO; returns `<output_dir>/final`, the trained policy as an HF directory."""
     config = resolve_paths(config)
+    check_memory("ppo", config)  # refuses, in one line, a GPU config that cannot fit
     require_hf_checkpoints({"model.path": config.model.path, "reward.path": config.reward.path,
                             "critic_path": config.critic_path})
     algo, rollout_cfg, output = config.algorithm, config.rollout, Path(config.output_dir)
