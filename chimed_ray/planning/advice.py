@@ -110,7 +110,7 @@ def ppo_candidates(config: Any) -> Iterator[Change]:
     if scale.placement == "colocate" and not scale.offload_idle_models:
         yield _change(scale__offload_idle=True)
     if rollout.engine == "vllm" and rollout.separate_engine:
-        for share in (0.6, 0.7, 0.8, 0.9):
+        for share in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             if share > rollout.vllm_gpu_memory_utilization:
                 yield _change(rollout__vllm_gpu_memory_utilization=share)
     if scale.zero_stage < 3:

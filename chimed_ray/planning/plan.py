@@ -81,11 +81,15 @@ class MemoryPlan:
 
     stage: str
     device: str  # "gpu" or "cpu" (on CPU the figures are host RAM per worker process)
-    budget_bytes: int
+    budget_gb: float  # scale.gpu_memory_gb
     phases: list[str]
     roles: dict[str, RolePlan]
     shared: list[tuple[str, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.budget_gb * GIB)
 
     def device_groups(self) -> list[tuple[str, ...]]:
         """Roles sharing devices, then every other role alone."""

@@ -12,14 +12,10 @@ COLUMNS = [f.name for f in fields(Footprint)]
 SUMMARY_KEYS = ("model_states", "activations", "logits", "kv_cache", "gathered", "buffers", "reserved")
 
 
-def _component(footprint: Footprint, key: str) -> int:
-    return getattr(footprint, key)
-
-
 def role_json(role: RolePlan) -> dict[str, Any]:
     """`{"num_gpus", "per_gpu_gb": {component: max over phases, "peak": max phase total}, ...}`."""
     on_device = {phase: role.on_device(phase) for phase in role.phases}
-    per_gpu = {key: gib(max(_component(f, key) for f in on_device.values())) for key in SUMMARY_KEYS}
+    per_gpu = {key: gib(max(getattr(f, key) for f in on_device.values())) for key in SUMMARY_KEYS}
     peak_phase, peak = role.peak()
     per_gpu["peak"] = gib(peak)
     phases = {phase: {**{key: gib(getattr(f, key)) for key in COLUMNS}, "model_states": gib(f.model_states),
@@ -34,7 +30,7 @@ def plan_json(plan: MemoryPlan, advice: list[str]) -> dict[str, Any]:
     worst = plan.worst()
     return {
         "stage": plan.stage, "device": plan.device, "fits": plan.fits, "applies": plan.applies,
-        "gpu_memory_gb": gib(plan.budget_bytes), "peak_gb": gib(worst.bytes),
+        "gpu_memory_gb": plan.budget_gb, "peak_gb": gib(worst.bytes),
         "peak": {"roles": list(worst.roles), "phase": worst.phase, "gb": gib(worst.bytes)},
         "roles": {name: role_json(role) for name, role in plan.roles.items()},
         "devices": [{"roles": list(p.roles), "phase": p.phase, "peak_gb": gib(p.bytes)} for p in plan.device_peaks()],
@@ -50,17 +46,17 @@ def verdict(plan: MemoryPlan) -> str:
                 "the GPU budget does not apply")
     head = "FITS" if plan.fits else "DOES NOT FIT"
     problems = "; ".join(plan.problems)
-    return (f"{head}: peak {gib(worst.bytes):.1f} GB per GPU ({where}) vs scale.gpu_memory_gb={gib(plan.budget_bytes):g}"
+    return (f"{head}: peak {gib(worst.bytes):.1f} GB per GPU ({where}) vs scale.gpu_memory_gb={plan.budget_gb:g}"
             + (f"; {problems}" if problems else ""))
 
 
 def refusal(plan: MemoryPlan, advice: list[str], budget_key: str) -> str:
     """One line for a stage that will not start: the peak, the budget and the fix."""
     worst = plan.worst()
-    fix = f"fix: {advice[0]}" if advice else "no single change found; see `chimed-ray plan`"
+    fix = f"fix: {advice[0]}" if advice else "no change the plan tried fits (more GPUs, ZeRO-3, offload, smaller batches)"
     problems = f" ({'; '.join(plan.problems)})" if plan.problems else ""
     return (f"memory plan: {'+'.join(worst.roles)} need {gib(worst.bytes):.1f} GB per GPU in {worst.phase}, over "
-            f"{budget_key}={gib(plan.budget_bytes):g}{problems}; {fix} (`chimed-ray plan` prints the table; "
+            f"{budget_key}={plan.budget_gb:g}{problems}; {fix} (`chimed-ray plan` prints the table; "
             f"{budget_key.replace('gpu_memory_gb', 'memory_check')}=false runs anyway)")
 
 

@@ -126,12 +126,12 @@ def read_model_shape(path: str, key: str) -> ModelShape:
     """The shape of the HF model directory `path` from its `config.json` alone (weights are not
     needed, so a directory holding only `config.json` works). `key` names the config entry."""
     file = Path(path) / "config.json"
-    stamp = file.stat().st_mtime_ns if file.is_file() else None
-    return _read_model_shape(path, key, stamp)
+    stat = file.stat() if file.is_file() else None
+    return _read_model_shape(path, key, (stat.st_mtime_ns, stat.st_size) if stat else None)
 
 
 @functools.lru_cache(maxsize=64)
-def _read_model_shape(path: str, key: str, stamp: int | None) -> ModelShape:
+def _read_model_shape(path: str, key: str, stamp: tuple[int, int] | None) -> ModelShape:
     """`read_model_shape`, cached per file version (`stamp`): advice re-plans many times."""
     file = Path(path) / "config.json"
     if not file.is_file():

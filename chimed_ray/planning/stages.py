@@ -50,7 +50,7 @@ def train_stage_plan(stage: str, config: Any) -> MemoryPlan:
     per_device = workers_per_device(scale.gpus_per_worker, scale.num_workers)
     roles = {name: RolePlan(name, scale.num_workers, per_device, {"train": trained.train(rows, config.data.max_length)},
                             host_bytes=trained.states().host)}
-    plan = MemoryPlan(stage, device, int(scale.gpu_memory_gb * GIB), ["train"], roles)
+    plan = MemoryPlan(stage, device, scale.gpu_memory_gb, ["train"], roles)
     if stage == "dpo" and config.algorithm.needs_reference:
         reference_shape = model_shape(config.reference.path or model.path, model.tiny, model.tokenizer_path,
                                       "reference.path")
@@ -76,7 +76,7 @@ def ppo_plan(config: Any) -> MemoryPlan:
     policy_shape = model_shape(model.path, model.tiny, model.tokenizer_path, "model.path")
     tokens, prompt_tokens = rollout.max_prompt_length + rollout.max_new_tokens, rollout.max_prompt_length
     idle_off = scale.offload_idle_models
-    budget = int(scale.gpu_memory_gb * GIB)
+    budget = int(scale.gpu_memory_gb * GIB)  # vLLM reserves a share of it
 
     def forward_rows(micro: int) -> int:
         return rollout.forward_batch_size or micro
@@ -116,7 +116,7 @@ def ppo_plan(config: Any) -> MemoryPlan:
     if rollout.separate_engine:
         roles["rollout"], engine_notes = _rollout_role(config, policy_shape, frozen_runtime, gen_rows, budget, role)
         notes += engine_notes
-    plan = MemoryPlan("ppo", device, budget, list(PPO_PHASES), roles, notes=notes)
+    plan = MemoryPlan("ppo", device, scale.gpu_memory_gb, list(PPO_PHASES), roles, notes=notes)
     if scale.placement == "colocate":
         plan.shared = [tuple(roles)]
     return plan
@@ -162,7 +162,7 @@ def rejection_sampling_plan(config: Any) -> MemoryPlan:
     (trainer,) = sft_plan.roles.values()
     roles["sft"] = trainer
     shared = [tuple(roles)] if per_device > 1 else [("sampler", "sft")]
-    return MemoryPlan("rejection-sampling", device, int(config.sft.scale.gpu_memory_gb * GIB),
+    return MemoryPlan("rejection-sampling", device, config.sft.scale.gpu_memory_gb,
                       ["sample_and_score", "train"], roles, shared=shared, notes=notes)
 
 
