@@ -4,9 +4,9 @@ randomly initialised LLaMA models on CPU in fp32; prints a JSON list, one figure
 `python memory_probe.py '[{"model_dir": D, "mode": "train", "rows": 4, "tokens": 256, "checkpointing": false},
                           {"model_dir": D, "mode": "generate", "rows": 8, "prompt_tokens": 128, "new_tokens": 64}]'`
 
-Before each job the peak counter is reset (`/proc/self/clear_refs`) and the current RSS taken as
-the baseline, so the increase is what the model, its optimizer and the step add: what the memory
-plan predicts for a CPU worker. Run with MALLOC_MMAP_THRESHOLD_ fixed so freed tensors leave the
+Before each job the current RSS is taken as the baseline and, once the model is built, the peak
+counter is reset (`/proc/self/clear_refs`), so the increase is what the weights, the optimizer and
+the step add: what the memory plan predicts for a CPU worker. Run with MALLOC_MMAP_THRESHOLD_ fixed so freed tensors leave the
 process instead of staying in glibc's heap for the next job.
 """
 
@@ -51,9 +51,11 @@ def measure(job: dict) -> int:
     config = AutoConfig.from_pretrained(job["model_dir"])
     config._attn_implementation = "sdpa"
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
     baseline = _status("VmRSS")
     model = LlamaForCausalLM(config)
+    # Building from a config allocates an untied LM head before tying it, a transient a run that
+    # loads a checkpoint never has: the peak counts from here, the weights from the baseline.
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
     rows = job["rows"]
     if job["mode"] == "train":
         if job["checkpointing"]:
