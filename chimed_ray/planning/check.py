@@ -32,12 +32,19 @@ def plan_and_advice(stage: str, config: Any) -> tuple[MemoryPlan, list[str]]:
     return plan, advise(stage, config, plan, lambda candidate: stage_plan(stage, candidate))
 
 
+def uses_gpu(stage: str, config: Any) -> bool:
+    """Whether any of the stage's workers hold a GPU."""
+    if stage == "rejection-sampling":
+        return config.sft.scale.use_gpu or config.inference.gpus_per_actor > 0
+    return config.scale.use_gpu
+
+
 def check_memory(stage: str, config: Any) -> None:
     """Raise ConfigError (one line) if `config` runs on GPUs and its memory plan does not fit."""
-    if stage not in PLANNED_STAGES or not budget_scale(stage, config).memory_check:
+    if stage not in PLANNED_STAGES or not uses_gpu(stage, config) or not budget_scale(stage, config).memory_check:
         return
     plan = stage_plan(stage, config)
-    if plan.fits:  # also true on CPU, where the GPU budget does not apply
+    if plan.fits:
         return
     _, advice = plan_and_advice(stage, config)
     raise ConfigError(refusal(plan, advice, budget_key(stage)))

@@ -55,7 +55,8 @@ def refusal(plan: MemoryPlan, advice: list[str], budget_key: str) -> str:
     worst = plan.worst()
     fix = f"fix: {advice[0]}" if advice else "no change the plan tried fits (more GPUs, ZeRO-3, offload, smaller batches)"
     problems = f" ({'; '.join(plan.problems)})" if plan.problems else ""
-    return (f"memory plan: {'+'.join(worst.roles)} need {gib(worst.bytes):.1f} GB per GPU in {worst.phase}, over "
+    verb = "needs" if len(worst.roles) == 1 else "need"
+    return (f"memory plan: {'+'.join(worst.roles)} {verb} {gib(worst.bytes):.1f} GB per GPU in {worst.phase}, over "
             f"{budget_key}={plan.budget_gb:g}{problems}; {fix} (`chimed-ray plan` prints the table; "
             f"{budget_key.replace('gpu_memory_gb', 'memory_check')}=false runs anyway)")
 

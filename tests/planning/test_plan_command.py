@@ -89,12 +89,12 @@ def test_ppo_13b_on_one_policy_gpu_is_refused_with_the_fix(capsys):
     with pytest.raises(ConfigError) as refused:
         check_memory("ppo", config)
     line = str(refused.value)
-    assert "\n" not in line and "scale.gpu_memory_gb=80" in line and "fix: " in line and "policy need" in line
+    assert "\n" not in line and "scale.gpu_memory_gb=80" in line and "fix: " in line and "policy needs" in line
     # Through the stage's own entry point: one line, exit 2, before anything starts.
     path, base = GPU_13B["ppo"]
     code = cli_main(["ppo", "--config", str(ROOT / path), *base, "scale.policy.num_workers=1"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "memory plan: policy need" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "memory plan: policy needs" in err
     # The override runs it anyway (here it then fails on the missing weights, past the memory check).
     with pytest.raises(Exception) as past:
         check_memory("ppo", load("ppo", ["scale.policy.num_workers=1", "scale.memory_check=false"]))
@@ -116,7 +116,7 @@ def test_sft_refused_by_the_ray_train_launcher_before_ray(capsys):
     path, overrides = GPU_13B["sft"]
     code = cli_main(["sft", "--config", str(ROOT / path), *overrides, "scale.num_workers=1", "optim.micro_batch_size=16"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "memory plan: model need" in err[0] and "scale.gpu_memory_gb=80" in err[0]
+    assert code == 2 and len(err) == 1 and "memory plan: model needs" in err[0] and "scale.gpu_memory_gb=80" in err[0]
 
 
 def test_model_dir_with_only_config_json_and_bad_config_json(tmp_path, capsys):
