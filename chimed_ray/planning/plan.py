@@ -8,6 +8,8 @@ from typing import Optional
 
 from chimed_ray.planning.memory import GIB
 
+PROBLEM = "does not fit: "  # a note that fails the plan whatever the totals (see MemoryPlan.problems)
+
 
 @dataclass(frozen=True)
 class Footprint:
@@ -115,7 +117,7 @@ class MemoryPlan:
     @property
     def problems(self) -> list[str]:
         """Notes that fail the plan on their own (e.g. vLLM's share cannot hold the weights)."""
-        return [note for note in self.notes if note.startswith("does not fit: ")]
+        return [note for note in self.notes if note.startswith(PROBLEM)]
 
     @property
     def fits(self) -> bool:

@@ -133,3 +133,14 @@ def test_shape_errors_name_the_file_and_key():
         shape_from_hf_config({**ZIYA2_13B, "num_key_value_heads": 3}, "cfg.json")
     with pytest.raises(ConfigError, match=r"mixture-of-experts"):
         shape_from_hf_config({**ZIYA2_13B, "num_local_experts": 8}, "cfg.json")
+
+
+def test_frozen_roles_as_replicas_or_zero3_inference_shards():
+    from chimed_ray.planning.roles import Model, Runtime
+
+    shape = shape_from_hf_config(ZIYA2_13B, "ziya")
+    runtime = Runtime("gpu", "bf16")
+    replica = Model(shape, runtime, lm_head=True).states()
+    sharded = Model(shape, runtime, lm_head=True, frozen_shards=4).states()
+    assert replica.device == 2 * shape.causal_lm_params()  # bf16 weights, no gradients or optimizer
+    assert sharded.device == 2 * shape.causal_lm_params() // 4 + 4 * shape.largest_layer_params()
