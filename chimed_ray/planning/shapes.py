@@ -140,6 +140,8 @@ def _read_model_shape(path: str, key: str, stamp: tuple[int, int] | None) -> Mod
         config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{file}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc.strerror})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{file}: expected a JSON object, got {type(config).__name__}")
     return shape_from_hf_config(config, str(file))
@@ -153,7 +155,8 @@ def tiny_shape(tiny: Any, tokenizer_path: str = "") -> ModelShape:
     if tokenizer_file is not None and tokenizer_file.is_file():
         try:
             data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-            vocab = len(data["model"]["vocab"]) + sum(1 for t in data.get("added_tokens", []) if t.get("id", 0) >= len(data["model"]["vocab"]))
+            ids = list(data["model"]["vocab"].values()) + [token["id"] for token in data.get("added_tokens", [])]
+            vocab = max(ids) + 1
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{tokenizer_file}: cannot read the vocabulary size") from None
     return ModelShape(

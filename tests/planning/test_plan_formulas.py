@@ -144,3 +144,14 @@ def test_frozen_roles_as_replicas_or_zero3_inference_shards():
     sharded = Model(shape, runtime, lm_head=True, frozen_shards=4).states()
     assert replica.device == 2 * shape.causal_lm_params()  # bf16 weights, no gradients or optimizer
     assert sharded.device == 2 * shape.causal_lm_params() // 4 + 4 * shape.largest_layer_params()
+
+
+def test_tiny_shape_matches_the_model_built_from_model_tiny(tokenizer, tiny_checkpoint):
+    from chimed_ray.config import TinyModelConfig
+    from chimed_ray.models import build_causal_lm
+    from chimed_ray.planning.shapes import tiny_shape
+
+    model = build_causal_lm("", TinyModelConfig(), tokenizer, seed=0)
+    counted = sum(p.numel() for p in model.parameters())
+    assert tiny_shape(TinyModelConfig()).causal_lm_params() == counted  # the bundled tokenizer's vocabulary
+    assert tiny_shape(TinyModelConfig(), str(tiny_checkpoint)).vocab_size == len(tokenizer)  # its tokenizer.json
