@@ -1,7 +1,8 @@
 """Measure, in a fresh process, the peak RSS increase of training steps and generations of
 randomly initialised LLaMA models on CPU in fp32; prints a JSON list, one figure per job.
 
-`python memory_probe.py '[{"model_dir": D, "mode": "train", "rows": 4, "tokens": 256, "checkpointing": false},
+`python memory_probe.py '[{"model_dir": D, "mode": "train", "rows": 4, "tokens": 256, "checkpointing": false,
+                           "dtype": "fp32", "optimizer": true},
                           {"model_dir": D, "mode": "generate", "rows": 8, "prompt_tokens": 128, "new_tokens": 64}]'`
 
 Before each job the current RSS is taken as the baseline and, once the model is built, the peak
@@ -52,7 +53,7 @@ def measure(job: dict) -> int:
     config._attn_implementation = "sdpa"
     gc.collect()
     baseline = _status("VmRSS")
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[job.get("dtype", "fp32")]))
     # Building from a config allocates an untied LM head before tying it, a transient a run that
     # loads a checkpoint never has: the peak counts from here, the weights from the baseline.
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
@@ -61,12 +62,15 @@ def measure(job: dict) -> int:
         if job["checkpointing"]:
             model.gradient_checkpointing_enable()
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # bf16 runs forward and backward only: torch's AdamW on bf16 weights keeps no fp32 masters,
+        # so DeepSpeed's mixed-precision states cannot be reproduced without DeepSpeed.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if job.get("optimizer", True) else None
         for _ in range(2):
             ids = torch.randint(0, config.vocab_size, (rows, job["tokens"]))
             model(input_ids=ids, labels=ids).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=False)
         del optimizer
     else:
         model.eval()

@@ -5,7 +5,8 @@ the device being host RAM: fp32 weights, gradients and AdamW moments (16 bytes p
 ZeRO stage 0 on one worker), activations and logits of the micro-batch, and for generation the
 weights, the KV cache and the prefill's transient. A fresh subprocess (memory_probe.py) measures
 the peak RSS increase of two real training steps and of a sampled generation; each prediction
-must fall within +-35% of its measurement.
+must fall within +-35% of its measurement. One bf16 forward+backward checks the bf16 formulas
+(RMSNorm's fp32 copies, 2-byte activations and logits).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 from chimed_ray.cli import stage_config_class
 from chimed_ray.config.loader import load_config
-from chimed_ray.planning import stage_plan
+from chimed_ray.planning import memory, stage_plan
+from chimed_ray.planning.shapes import read_model_shape
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = {  # three tiny LLaMA shapes: MHA, GQA with checkpointing, tied embeddings with a large vocabulary
@@ -33,6 +35,7 @@ SHAPES = {  # three tiny LLaMA shapes: MHA, GQA with checkpointing, tied embeddi
 }
 TRAIN = {"mha": (4, 128, False), "gqa": (2, 256, True), "tied": (2, 128, False)}  # rows, tokens, checkpointing
 GENERATE = {"mha": (8, 64, 32), "tied": (4, 64, 32)}  # rows, prompt tokens, new tokens
+BF16 = ("mha", 4, 256)  # shape, rows, tokens: forward + backward in bf16
 TOLERANCE = 0.35
 
 
@@ -55,6 +58,14 @@ def predicted_generation_peak(model_dir: Path, rows: int, prompt: int, new: int)
     return stage_plan("rejection-sampling", config).roles["sampler"].peak()[1]
 
 
+def predicted_bf16_backward_peak(model_dir: Path, rows: int, tokens: int) -> int:
+    """bf16 weights and gradients, activations and logits: the plan's bf16 formulas (no optimizer)."""
+    shape = read_model_shape(str(model_dir), "model.path")
+    weights_and_grads = 2 * 2 * shape.causal_lm_params()
+    return (weights_and_grads + memory.training_activations(shape, rows, tokens, 2, "sdpa", checkpointing=False)
+            + memory.training_logits(shape, rows, tokens, 2))
+
+
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's resettable peak RSS")
 def test_predicted_peak_within_35_percent_of_measured_on_cpu(tmp_path):
     jobs, predictions = [], []
@@ -69,6 +80,10 @@ def test_predicted_peak_within_35_percent_of_measured_on_cpu(tmp_path):
             rows, prompt, new = GENERATE[name]
             jobs.append({"model_dir": str(model_dir), "mode": "generate", "rows": rows, "prompt_tokens": prompt, "new_tokens": new})
             predictions.append((f"{name} generate", predicted_generation_peak(model_dir, rows, prompt, new)))
+    name, rows, tokens = BF16
+    jobs.append({"model_dir": str(tmp_path / name), "mode": "train", "rows": rows, "tokens": tokens,
+                 "checkpointing": False, "dtype": "bf16", "optimizer": False})
+    predictions.append((f"{name} bf16 forward+backward", predicted_bf16_backward_peak(tmp_path / name, rows, tokens)))
     # A fixed mmap threshold returns freed tensors to the OS, so one job's garbage is not the next one's RSS.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     probe = subprocess.run([sys.executable, str(Path(__file__).with_name("memory_probe.py")), json.dumps(jobs)],
