@@ -89,36 +89,36 @@ class Model:
 
     def train(self, rows: int, tokens: int) -> Footprint:
         """A forward + backward + optimizer step on a micro-batch of `rows` x `tokens`."""
-        shape, rt = self.shape, self.runtime
+        shape, runtime = self.shape, self.runtime
         lora_extra = (memory.lora_activation_bytes(shape, self.lora.rank, list(self.lora.targets), self.lora.dropout,
-                                                   rt.dtype_bytes) if self.lora else 0)
-        activations = memory.training_activations(shape, rows, tokens, rt.dtype_bytes, rt.attention, rt.checkpointing,
+                                                   runtime.dtype_bytes) if self.lora else 0)
+        activations = memory.training_activations(shape, rows, tokens, runtime.dtype_bytes, runtime.attention, runtime.checkpointing,
                                                   lora_extra)
-        logits = memory.training_logits(shape, rows, tokens, rt.dtype_bytes) if self.lm_head else 0
+        logits = memory.training_logits(shape, rows, tokens, runtime.dtype_bytes) if self.lm_head else 0
         return replace(self.resident(), activations=activations, logits=logits, buffers=self.buffers(training=True))
 
     def score(self, rows: int, tokens: int, weights_only: bool = False) -> Footprint:
         """A no-grad forward (log-probs, values, rewards) on `rows` x `tokens`."""
-        shape, rt = self.shape, self.runtime
-        activations = memory.inference_activations(shape, rows, tokens, rt.dtype_bytes, rt.attention)
-        logits = memory.scoring_logits(shape, rows, tokens, rt.dtype_bytes) if self.lm_head else 0
-        gathered = self._gathered()
-        return replace(self.resident(weights_only=weights_only), activations=activations, logits=logits, gathered=gathered)
+        shape, runtime = self.shape, self.runtime
+        activations = memory.inference_activations(shape, rows, tokens, runtime.dtype_bytes, runtime.attention)
+        logits = memory.scoring_logits(shape, rows, tokens, runtime.dtype_bytes) if self.lm_head else 0
+        # ZeRO-3 gathers one layer at a time here, inside the states' window.
+        return replace(self.resident(weights_only=weights_only), activations=activations, logits=logits)
 
     def generate(self, rows: int, prompt_tokens: int, total_tokens: int, weights_only: bool = False) -> Footprint:
         """HF generate of `rows` sequences: prefill of the prompts, then decoding with the KV cache
         grown to `total_tokens`; under ZeRO-3 the weights are gathered whole for the rollout."""
-        shape, rt = self.shape, self.runtime
-        prefill = memory.inference_activations(shape, rows, prompt_tokens, rt.dtype_bytes, rt.attention)
+        shape, runtime = self.shape, self.runtime
+        prefill = memory.inference_activations(shape, rows, prompt_tokens, runtime.dtype_bytes, runtime.attention)
         return replace(self.resident(weights_only=weights_only), activations=prefill,
-                       logits=memory.generation_logits(shape, rows, rt.dtype_bytes),
-                       kv_cache=memory.kv_cache_bytes(shape, rows, total_tokens, rt.dtype_bytes),
-                       gathered=self._gathered(whole=True))
+                       logits=memory.generation_logits(shape, rows, runtime.dtype_bytes),
+                       kv_cache=memory.kv_cache_bytes(shape, rows, total_tokens, runtime.dtype_bytes),
+                       gathered=self._gathered_for_generation())
 
-    def _gathered(self, whole: bool = False) -> int:
-        """ZeRO-3 weights gathered beyond the shard: whole for generation (the unwrap-for-generation
-        pattern), otherwise a layer at a time (inside the states' window)."""
-        if self.zero is None or self.zero.stage != 3 or not whole:
+    def _gathered_for_generation(self) -> int:
+        """ZeRO-3 gathers the whole model once per rollout (the unwrap-for-generation pattern)
+        while the shards stay; other setups already hold whole weights."""
+        if self.zero is None or self.zero.stage != 3:
             return 0
         return self.runtime.dtype_bytes * self.params
 
