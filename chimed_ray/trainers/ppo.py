@@ -217,8 +217,24 @@ def resolve_paths(config: PPOConfig) -> PPOConfig:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.cli import STAGES, parse_stage_config, stage_parser
+    from chimed_ray.config import ConfigError
 
-    config, _ = parse_stage_config("ppo", PPOConfig, argv)
+    parser = stage_parser("ppo", STAGES["ppo"][1])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="engine=openrlhf: export the data, print the OpenRLHF command, submit nothing")
+    config, args = parse_stage_config("ppo", PPOConfig, argv, parser)
+    if config.engine == "openrlhf":
+        from chimed_ray.integrations.openrlhf import run_openrlhf_ppo
+        from chimed_ray.integrations.openrlhf.job import OpenRLHFJobError
+
+        try:
+            run_openrlhf_ppo(config, dry_run=args.dry_run)
+        except OpenRLHFJobError as exc:
+            print(f"chimed-ray ppo: error: {exc}", flush=True)
+            return 1
+        return 0
+    if args.dry_run:
+        raise ConfigError("--dry-run: only engine=openrlhf has a command to print; our engine runs directly")
     run_ppo(config)
     return 0
