@@ -135,7 +135,8 @@ def placement_flags(config: PPOConfig, gpus_per_node: int) -> tuple[dict[str, Va
                 raise refuse(f"scale.{role}.gpus_per_worker", gpus, "OpenRLHF gives each split role one GPU per worker")
     engines, tensor_parallel = policy, 1
     if rollout.separate_engine:
-        tensor_parallel = scale.rollout.gpus_per_worker
+        # Colocated engines hold a fraction of one GPU each; split ones span whole GPUs (TP).
+        tensor_parallel = 1 if scale.placement == "colocate" else scale.rollout.gpus_per_worker
         if not float(tensor_parallel).is_integer() or tensor_parallel < 1:
             raise refuse("scale.rollout.gpus_per_worker", tensor_parallel, "it is vLLM's tensor-parallel size: a whole number")
         engines, tensor_parallel = scale.rollout.num_workers, int(tensor_parallel)
