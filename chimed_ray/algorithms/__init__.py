@@ -18,7 +18,6 @@ from chimed_ray.algorithms.kl import (
     AdaptiveKLController,
     FixedKLController,
     KLController,
-    kl_loss,
     kl_penalty,
 )
 from chimed_ray.algorithms.masks import (
@@ -37,6 +36,7 @@ from chimed_ray.algorithms.policy_losses import (
     POLICY_LOSSES,
     agg_loss,
     entropy_bonus,
+    kl_loss,
     ppo_clip,
     register_policy_loss,
     value_loss,

@@ -47,37 +47,6 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = 
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {list(KL_ESTIMATORS)}")
 
 
-def kl_loss(
-    logprobs: Tensor,
-    ref_logprobs: Tensor,
-    response_mask: Tensor,
-    agg_mode: str = "token_mean",
-) -> tuple[Tensor, Tensor]:
-    """GRPO's KL term for the policy loss: k3 between policy and reference, aggregated like the
-    policy loss (Shao et al. 2024, eq. 3; verl's `use_kl_loss` with `low_var_kl`).
-
-    k3 is non-negative and its gradient through `logprobs` is that of KL(pi || pi_ref) for tokens
-    sampled from pi, so the policy is pulled back toward the reference; the reward stays pure.
-    The caller multiplies by its `kl_coef` and adds the result to the loss.
-
-    Args:
-        logprobs: `[B, T]` log-probabilities under the policy being trained (with grad).
-        ref_logprobs: `[B, T]` log-probabilities of the same tokens under the reference.
-        response_mask: `[B, T]` 0/1 mask of tokens that count.
-        agg_mode: See `policy_losses.agg_loss`.
-
-    Returns:
-        `(kl, kl_detached)`: the aggregated k3 and a detached copy for logging.
-    """
-    from chimed_ray.algorithms.masks import zero_masked
-    from chimed_ray.algorithms.policy_losses import agg_loss
-
-    # Zero both sides on padding first so garbage there yields k3 = 0 (and no NaN gradient).
-    per_token = kl_penalty(zero_masked(logprobs, response_mask), zero_masked(ref_logprobs, response_mask), "k3")
-    kl = agg_loss(per_token, response_mask, agg_mode)  # type: ignore[arg-type]
-    return kl, kl.detach()
-
-
 class KLController(Protocol):
     """Holds the current KL coefficient `value` and adjusts it after each rollout."""
 

@@ -35,16 +35,22 @@ def openrlhf_prompts(prompts_file: Path, actor_dir: Path) -> list[list[int]]:
     return [tokenizer(text=dataset[i][1], add_special_tokens=False)["input_ids"] for i in range(len(dataset))]
 
 
-def test_openrlhf_prompt_dataset_yields_our_prompts_token_for_token(tiny_checkpoint, tmp_path):
+def exported_for(checkpoint: Path, tmp_path: Path, max_prompt_length: int):
+    """`(config, tokenizer, ExportedPrompts, actor_dir)` of the tiny run, exported as the stage does."""
     pytest.importorskip("openrlhf.datasets", reason="dev install: pip install --no-deps openrlhf==0.11.2 pylatexenc")
     from chimed_ray.integrations.openrlhf.export import chimed_tokenizer, export_prompts, handover_model
+
+    config = tiny_config(checkpoint, tmp_path / "ppo", f"rollout.max_prompt_length={max_prompt_length}")
+    tokenizer = chimed_tokenizer(config)
+    exported = export_prompts(config, tokenizer, tmp_path / "prompts.jsonl")
+    return config, tokenizer, exported, handover_model(config.model.path, tokenizer, tmp_path / "actor")
+
+
+def test_openrlhf_prompt_dataset_yields_our_prompts_token_for_token(tiny_checkpoint, tmp_path):
     from chimed_ray.rollout.prompts import load_prompts
     from chimed_ray.trainers.ppo_state import PromptOrder
 
-    config = tiny_config(tiny_checkpoint, tmp_path / "ppo", "rollout.max_prompt_length=256")
-    tokenizer = chimed_tokenizer(config)
-    exported = export_prompts(config, tokenizer, tmp_path / "prompts.jsonl")
-    actor = handover_model(config.model.path, tokenizer, tmp_path / "actor")
+    config, tokenizer, exported, actor = exported_for(tiny_checkpoint, tmp_path, 256)
     assert exported.count == 12 and exported.shortened == 0
 
     ours = load_prompts(config.data, tokenizer, 256, config.data.max_samples)
@@ -58,13 +64,7 @@ def test_openrlhf_prompt_dataset_yields_our_prompts_token_for_token(tiny_checkpo
 
 
 def test_long_prompts_are_shortened_from_the_start_of_the_question(tiny_checkpoint, tmp_path):
-    pytest.importorskip("openrlhf.datasets", reason="dev install: pip install --no-deps openrlhf==0.11.2 pylatexenc")
-    from chimed_ray.integrations.openrlhf.export import chimed_tokenizer, export_prompts, handover_model
-
-    config = tiny_config(tiny_checkpoint, tmp_path / "ppo", "rollout.max_prompt_length=12")
-    tokenizer = chimed_tokenizer(config)
-    exported = export_prompts(config, tokenizer, tmp_path / "prompts.jsonl")
-    actor = handover_model(config.model.path, tokenizer, tmp_path / "actor")
+    _, tokenizer, exported, actor = exported_for(tiny_checkpoint, tmp_path, 12)
     assert exported.shortened > 0
     bot = tokenizer("[bot]:", add_special_tokens=False)["input_ids"]
     for ids in openrlhf_prompts(exported.path, actor):
