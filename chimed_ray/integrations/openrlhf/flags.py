@@ -114,6 +114,10 @@ def nodes_of(count: int, gpus_per_node: int, key: str) -> tuple[int, int]:
     return count // gpus_per_node, gpus_per_node
 
 
+# OpenRLHF's role prefixes -> our `scale.<role>` groups.
+ROLES = {"actor": "policy", "critic": "critic", "ref": "reference", "reward": "reward"}
+
+
 def placement_flags(config: PPOConfig, gpus_per_node: int) -> tuple[dict[str, Value], list[str]]:
     """Roles' GPU counts, colocation and the vLLM engines.
 
@@ -123,47 +127,13 @@ def placement_flags(config: PPOConfig, gpus_per_node: int) -> tuple[dict[str, Va
     (`--train.colocate_all`), vLLM and DeepSpeed sleeping while the other works.
     """
     scale, rollout = config.scale, config.rollout
-    policy = scale.policy.num_workers
-    counts = {"actor": policy, "critic": scale.critic.num_workers, "ref": scale.reference.num_workers,
-              "reward": scale.reward.num_workers}
-    notes: list[str] = []
     hybrid = scale.placement == "colocate" or not rollout.separate_engine
-    if scale.placement == "split":
-        for role in ("policy", "critic", "reference", "reward"):
-            gpus = getattr(scale, role).gpus_per_worker
-            if gpus != 1 and (role != "critic" or config.algorithm.needs_critic):
-                raise refuse(f"scale.{role}.gpus_per_worker", gpus, "OpenRLHF gives each split role one GPU per worker")
-    engines, tensor_parallel = policy, 1
-    if rollout.separate_engine:
-        # Colocated engines hold a fraction of one GPU each; split ones span whole GPUs (TP).
-        tensor_parallel = 1 if scale.placement == "colocate" else scale.rollout.gpus_per_worker
-        if not float(tensor_parallel).is_integer() or tensor_parallel < 1:
-            raise refuse("scale.rollout.gpus_per_worker", tensor_parallel, "it is vLLM's tensor-parallel size: a whole number")
-        engines, tensor_parallel = scale.rollout.num_workers, int(tensor_parallel)
-        if hybrid and not rollout.async_ and engines * tensor_parallel != policy:
-            raise refuse("scale.rollout.num_workers", engines,
-                         f"colocated vLLM engines x tensor parallel must cover the policy's {policy} GPUs")
-    if config.algorithm.needs_critic and config.critic_optim.micro_batch_size != config.optim.micro_batch_size:
-        # A memory/speed knob only: gradients still accumulate to the same mini batch.
-        notes.append(f"OpenRLHF's critic shares the policy's micro batch: {config.optim.micro_batch_size} per GPU, "
-                     f"not critic_optim.micro_batch_size={config.critic_optim.micro_batch_size}")
-    if hybrid:
-        for role, key in (("critic", "scale.critic.num_workers"), ("reward", "scale.reward.num_workers")):
-            if counts[role] > policy and (role != "critic" or config.algorithm.needs_critic):
-                raise refuse(key, counts[role], f"in OpenRLHF's hybrid engine every role shares the policy's {policy} GPUs")
-        if config.algorithm.kl_coef > 0 and counts["ref"] != policy:
-            notes.append(f"OpenRLHF colocates the reference with the policy: reference on {policy} GPUs, not {counts['ref']}")
-            counts["ref"] = policy
-        if scale.placement == "split":
-            notes.append(f"OpenRLHF generates with vLLM only; the policy's own generation becomes its hybrid engine: "
-                         f"every role runs on the policy's {policy} GPUs (--train.colocate_all)")
+    counts, notes = role_gpus(config, hybrid)
+    engines, tensor_parallel = vllm_engines(config, hybrid)
     flags: dict[str, Value] = {}
-    keys = {"actor": "scale.policy.num_workers", "critic": "scale.critic.num_workers",
-            "ref": "scale.reference.num_workers", "reward": "scale.reward.num_workers"}
     for role, count in counts.items():
-        if role == "critic" and not config.algorithm.needs_critic:
-            continue
-        flags[f"{role}.num_nodes"], flags[f"{role}.num_gpus_per_node"] = nodes_of(count, gpus_per_node, keys[role])
+        key = f"scale.{ROLES[role]}.num_workers"
+        flags[f"{role}.num_nodes"], flags[f"{role}.num_gpus_per_node"] = nodes_of(count, gpus_per_node, key)
     flags.update({"vllm.num_engines": engines, "vllm.tensor_parallel_size": tensor_parallel, "vllm.sync_backend": "nccl",
                   "vllm.gpu_memory_utilization": rollout.vllm_gpu_memory_utilization})
     if hybrid:
@@ -174,6 +144,51 @@ def placement_flags(config: PPOConfig, gpus_per_node: int) -> tuple[dict[str, Va
     if rollout.async_:
         flags["train.async_enable"] = None
     return flags, notes
+
+
+def role_gpus(config: PPOConfig, hybrid: bool) -> tuple[dict[str, int], list[str]]:
+    """GPUs of each OpenRLHF role (the critic only with GAE), and notes on what OpenRLHF forces."""
+    scale, needs_critic = config.scale, config.algorithm.needs_critic
+    counts = {role: getattr(scale, ours).num_workers for role, ours in ROLES.items() if role != "critic" or needs_critic}
+    policy, notes = counts["actor"], []
+    if scale.placement == "split":
+        for role, ours in ROLES.items():
+            gpus = getattr(scale, ours).gpus_per_worker
+            if role in counts and gpus != 1:
+                raise refuse(f"scale.{ours}.gpus_per_worker", gpus, "OpenRLHF gives each split role one GPU per worker")
+    if needs_critic and config.critic_optim.micro_batch_size != config.optim.micro_batch_size:
+        # A memory/speed knob only: gradients still accumulate to the same mini batch.
+        notes.append(f"OpenRLHF's critic shares the policy's micro batch: {config.optim.micro_batch_size} per GPU, "
+                     f"not critic_optim.micro_batch_size={config.critic_optim.micro_batch_size}")
+    if not hybrid:
+        return counts, notes
+    for role in ("critic", "reward"):
+        if counts.get(role, 0) > policy:
+            raise refuse(f"scale.{ROLES[role]}.num_workers", counts[role],
+                         f"in OpenRLHF's hybrid engine every role shares the policy's {policy} GPUs")
+    if config.algorithm.kl_coef > 0 and counts["ref"] != policy:
+        notes.append(f"OpenRLHF colocates the reference with the policy: reference on {policy} GPUs, not {counts['ref']}")
+        counts["ref"] = policy
+    if scale.placement == "split":
+        notes.append(f"OpenRLHF generates with vLLM only; the policy's own generation becomes its hybrid engine: "
+                     f"every role runs on the policy's {policy} GPUs (--train.colocate_all)")
+    return counts, notes
+
+
+def vllm_engines(config: PPOConfig, hybrid: bool) -> tuple[int, int]:
+    """`(engines, tensor parallel size)`: one engine per policy GPU unless a rollout group is given."""
+    scale, rollout, policy = config.scale, config.rollout, config.scale.policy.num_workers
+    if not rollout.separate_engine:
+        return policy, 1
+    # Colocated engines hold a fraction of one GPU each; split ones span whole GPUs (TP).
+    tensor_parallel = 1 if scale.placement == "colocate" else scale.rollout.gpus_per_worker
+    if not float(tensor_parallel).is_integer() or tensor_parallel < 1:
+        raise refuse("scale.rollout.gpus_per_worker", tensor_parallel, "it is vLLM's tensor-parallel size: a whole number")
+    engines, tensor_parallel = scale.rollout.num_workers, int(tensor_parallel)
+    if hybrid and not rollout.async_ and engines * tensor_parallel != policy:
+        raise refuse("scale.rollout.num_workers", engines,
+                     f"colocated vLLM engines x tensor parallel must cover the policy's {policy} GPUs")
+    return engines, tensor_parallel
 
 
 def model_flags(config: PPOConfig, handover: Handover) -> dict[str, Value]:
