@@ -103,3 +103,26 @@ def test_a_cluster_without_gpus_is_refused_before_anything_is_written(ray_cluste
     with pytest.raises(ConfigError, match="^engine=openrlhf: this Ray cluster has no GPUs"):
         run_openrlhf_ppo(config, echo=lambda line: None)
     assert not (tmp_path / "ppo").exists()
+
+
+def test_a_lora_run_s_adapter_is_merged_into_the_final_model(tiny_checkpoint, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chimed_ray.integrations.openrlhf.export import chimed_tokenizer
+    from chimed_ray.integrations.openrlhf.job import import_checkpoint
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
+    saved = tmp_path / "hf"
+    peft_model.save_pretrained(str(saved))  # what OpenRLHF's save leaves for a LoRA actor: the adapter
+    expected = peft_model.merge_and_unload().state_dict()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)).state_dict()
+    config = tiny_config(tiny_checkpoint, tmp_path / "ppo")
+    final = import_checkpoint(saved, str(tiny_checkpoint), chimed_tokenizer(config), tmp_path / "ppo" / "final")
+    merged = AutoModelForCausalLM.from_pretrained(str(final)).state_dict()
+    assert (final / "adapter" / "adapter_config.json").is_file() and list(final.glob("*.safetensors"))
+    changed = [name for name in expected if "q_proj" in name]
+    assert changed and all(torch.allclose(merged[name], expected[name], atol=1e-6) for name in changed)
+    assert not torch.allclose(merged[changed[0]], base[changed[0]])

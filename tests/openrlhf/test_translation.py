@@ -132,3 +132,13 @@ def test_each_refusal_is_one_line_naming_the_key(translated, overrides, key):
 def test_grpo_and_whitening_off_is_fine_because_group_estimators_are_not_whitened(translated, flags_of):
     flags = flags_of(translated("algorithm.advantage_estimator=grpo", "algorithm.whiten_advantages=false").argv)
     assert flags["--algo.advantage.estimator"] == ["group_norm"]
+
+
+def test_dry_run_belongs_to_the_openrlhf_engine(capsys):
+    from pathlib import Path
+
+    from chimed_ray.cli import main
+
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "ppo" / "tiny.yaml")
+    assert main(["ppo", "--config", tiny, "--dry-run"]) == 2
+    assert "--dry-run: only engine=openrlhf" in capsys.readouterr().err

@@ -97,7 +97,8 @@ def import_checkpoint(saved: Path, base_model: str, tokenizer, target: Path) -> 
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.safetensors")) + sorted(directory.glob("pytorch_model*.bin"))
+    """Full-model weights in HF's names (a LoRA save has only `adapter_model.*`)."""
+    return sorted(directory.glob("model*.safetensors")) + sorted(directory.glob("pytorch_model*.bin"))
 
 
 def _copy_weights_as_safetensors(saved: Path, target: Path) -> None:
@@ -106,7 +107,7 @@ def _copy_weights_as_safetensors(saved: Path, target: Path) -> None:
 
     files = _weight_files(saved)
     if not files:
-        raise InputError(f"OpenRLHF's save {saved} holds no weights (*.safetensors or pytorch_model*.bin)")
+        raise InputError(f"OpenRLHF's save {saved} holds no weights (model*.safetensors or pytorch_model*.bin)")
     renamed = {}
     for path in files:
         if path.suffix == ".safetensors":
