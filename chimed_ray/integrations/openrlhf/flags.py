@@ -197,6 +197,9 @@ def model_flags(config: PPOConfig, handover: Handover) -> dict[str, Value]:
         "actor.model_name_or_path": handover.actor_dir, "reward.model_name_or_path": config.reward.path,
         "ds.zero_stage": scale.zero_stage, "ds.param_dtype": "fp16" if scale.precision == "fp16" else "bf16",
         "ds.attn_implementation": model.attn_implementation,
+        # Our reward models and critics are HF *ForSequenceClassification (LLaMA/Qwen): backbone
+        # under `model.`, a bias-free `score` head, which is OpenRLHF's layout with this prefix.
+        "ds.value_head_prefix": "score",
     }
     if config.algorithm.needs_critic:
         flags["critic.model_name_or_path"] = config.critic_path or config.reward.path or model.path
