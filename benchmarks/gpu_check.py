@@ -299,14 +299,19 @@ def plan_prediction(stage: str, config, work: Path) -> Optional[dict]:
         return None
 
 
-def predicted_gb(plan: Optional[dict], role: Optional[str], parts: tuple[str, ...]) -> str:
-    """Sum of `parts` of `role` per GPU (first role when None), or "plan unavailable"."""
+def predicted_gb(plan: Optional[dict], role: Optional[str], phase: str, parts: tuple[str, ...]) -> str:
+    """The plan's per-GPU total for `role` (first role when None) in `phase` ("train" also matches
+    "train:policy"); without per-phase figures, the sum of `parts`. "plan unavailable" without a plan."""
     if not plan or not plan.get("roles"):
         return "plan unavailable"
     roles = plan["roles"]
     figures = roles.get(role) if role else next(iter(roles.values()))
     if not figures:
         return f"plan has no {role} role"
+    phases = figures.get("phases", {})
+    match = next((name for name in phases if name == phase or name.split(":")[0] == phase), None)
+    if match is not None:
+        return f"{phases[match]['total']:.1f} GB"
     return f"{sum(figures['per_gpu_gb'].get(part, 0.0) for part in parts):.1f} GB"
 
 
@@ -326,10 +331,10 @@ def memory_rows(setup: Setup) -> list[tuple[str, str, str]]:
         "scale.policy.num_workers=1"])
     sft_plan, ppo_plan = plan_prediction("sft", sft, setup.work), plan_prediction("ppo", ppo, setup.work)
     wanted = {
-        "sft train step": (sft_plan, None, ("peak",)),
-        f"ppo generate (HF, batch {setup.batch})": (ppo_plan, "policy", ("model_states", "kv_cache")),
-        "ppo score (log-probs)": (ppo_plan, "policy", ("model_states", "logits")),
-        "ppo train step (policy)": (ppo_plan, "policy", ("peak",)),
+        "sft train step": (sft_plan, None, "train", ("peak",)),
+        f"ppo generate (HF, batch {setup.batch})": (ppo_plan, "policy", "generate", ("model_states", "kv_cache")),
+        "ppo score (log-probs)": (ppo_plan, "policy", "score", ("model_states", "logits")),
+        "ppo train step (policy)": (ppo_plan, "policy", "train", ("peak",)),
     }
     return [(f"memory: {phase}", f"{setup.memory[phase]:.1f} GB measured" if phase in setup.memory else "n/a on CPU",
              f"predicted {predicted_gb(*wanted[phase])}") for phase in wanted]
