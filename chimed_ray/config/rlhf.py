@@ -117,7 +117,7 @@ class AlgorithmConfig:
     advantage_estimator: str = "gae"
     gamma: float = 1.0
     lam: float = 0.95
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # gae and reinforce_pp*: whiten over the batch; grpo/rloo never are
     kl_coef: float = 0.05
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
     kl_target: float = 0.0  # > 0 turns on the adaptive controller
@@ -149,12 +149,20 @@ class AlgorithmConfig:
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")
         check(self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1")
         check(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip", f"must be 0 (off) or > 1, got {self.dual_clip}")
+        check(not (self.kl_in_loss and self.kl_target), "kl_target",
+              "the adaptive controller steers a KL penalty in the reward; kl_in_loss uses the fixed kl_coef")
 
     @property
     def needs_critic(self) -> bool:
         from chimed_ray.algorithms import estimator_needs_critic
 
         return estimator_needs_critic(self.advantage_estimator)
+
+    @property
+    def needs_groups(self) -> bool:
+        from chimed_ray.algorithms import estimator_needs_groups
+
+        return estimator_needs_groups(self.advantage_estimator)
 
 
 @dataclass
@@ -279,7 +287,7 @@ class PPOConfig:
         check(batch % mini == 0, "algorithm.mini_batch_size",
               f"{mini} must divide the rollout batch prompts_per_step x samples_per_prompt = {batch}")
         estimator = self.algorithm.advantage_estimator
-        check(estimator not in ("grpo", "rloo") or self.rollout.samples_per_prompt > 1, "rollout.samples_per_prompt",
+        check(not self.algorithm.needs_groups or self.rollout.samples_per_prompt > 1, "rollout.samples_per_prompt",
               f"{estimator} compares answers to the same prompt; needs >= 2, got {self.rollout.samples_per_prompt}")
         trained = [("policy", self.optim)] + ([("critic", self.critic_optim)] if self.algorithm.needs_critic else [])
         for role, optim in trained:
