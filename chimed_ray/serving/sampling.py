@@ -1,9 +1,10 @@
 """Per-sequence decoding state and sampling, shared by the generation engines.
 
-Every sequence in a batch (`RowState`) carries its own temperature, top-p, seed, stop strings and
-token budget, so requests with different settings share one forward pass. The state turns new
-token ids into text deltas that never split a UTF-8 character and never leak the start of a stop
-string, which is what streaming clients see.
+Every sequence in a batch (`RowState`) carries its own temperature, top-p, penalties, seed, stop
+strings and token budget, so requests with different settings share one forward pass. The state
+turns new token ids into text deltas that never split a UTF-8 character and never leak the start of
+a stop string, which is what streaming clients see. A row that fails (`fail`) ends alone, with
+finish reason "error"; the rest of its batch goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class RowState:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
@@ -36,6 +40,7 @@ class RowState:
     emitted: int = 0
     finish_reason: Optional[str] = None
     cancelled: bool = False
+    error: Optional[str] = None  # why the row failed (server log only; clients get a generic 500)
 
     @property
     def finished(self) -> bool:
@@ -58,6 +63,18 @@ class RowState:
         self.update_text(text, None)
         if not self.finished and len(self.token_ids) >= self.max_tokens:
             self._finish("length")
+
+    def fail(self, error: str) -> None:
+        """End this row alone: finish reason "error", nothing more streamed."""
+        if not self.finished:
+            self.error = error
+            self.finish_reason = "error"
+            self._emit(self.emitted, force=True)
+
+    def abort(self) -> None:
+        """End a cancelled row where it stands (the client left or its deadline passed)."""
+        if not self.finished:
+            self._finish("abort")
 
     def update_text(self, text: str, finish_reason: Optional[str]) -> None:
         """Set the full text so far (cut at the first stop string) and stream what is safe."""
@@ -109,6 +126,29 @@ def make_generator(seed: Optional[int], device: "torch.device | str") -> "torch.
     else:
         generator.manual_seed(seed)
     return generator
+
+
+def apply_penalties(logits: "torch.Tensor", prompt_ids: list[int], output_ids: list[int], repetition: float,
+                    frequency: float, presence: float) -> "torch.Tensor":
+    """`logits` [V] with the repetition penalties applied (a new tensor; the input is untouched).
+
+    `repetition` is multiplicative over every token seen in the prompt or the output, as HF's
+    `RepetitionPenaltyLogitsProcessor` and vLLM do: a positive logit is divided by it, a negative
+    one multiplied. `frequency` and `presence` are OpenAI's additive penalties over the output only:
+    `logit -= frequency * count + presence * (count > 0)`.
+    """
+    import torch
+
+    logits = logits.float().clone()
+    if repetition != 1.0:
+        seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long, device=logits.device)
+        scores = logits[seen]
+        logits[seen] = torch.where(scores > 0, scores / repetition, scores * repetition)
+    if (frequency or presence) and output_ids:
+        counts = torch.bincount(torch.tensor(output_ids, device=logits.device), minlength=logits.numel())
+        counts = counts[: logits.numel()].to(logits.dtype)
+        logits -= frequency * counts + presence * (counts > 0).to(logits.dtype)
+    return logits
 
 
 def sample_token(logits: "torch.Tensor", temperature: float, top_p: float, generator: "torch.Generator") -> int:

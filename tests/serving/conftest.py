@@ -62,7 +62,6 @@ def serve_overrides(first: Path, second: Path, port: int) -> list[str]:
         "engine.default_max_tokens=16",
         "engine.max_n=4",
         "batching.max_batch_size=8",
-        "batching.batch_wait_timeout_s=0.05",
     ]
 
 

@@ -83,8 +83,8 @@ def test_build_app_wires_one_deployment_per_model(tiny_checkpoint, second_checkp
     argv = ["--config", str(CONFIGS / "tiny.yaml"), "--checkpoint", str(tiny_checkpoint),
             "--checkpoint", f"b={second_checkpoint}", "deployment.max_ongoing_requests=7", "http.api_key=k"]
     app = build_app(parse_args(argv))
-    models, api_key = app._bound_deployment.init_args
-    assert api_key == "k" and sorted(models) == ["b", "tiny"]
+    models, api_key, max_body_bytes = app._bound_deployment.init_args
+    assert api_key == "k" and sorted(models) == ["b", "tiny"] and max_body_bytes == 2 * 1024 * 1024
     bound = models["b"]._bound_deployment
     assert bound.name == "Model_b" and bound.max_ongoing_requests == 7
     assert bound.init_args[:2] == ("b", str(Path(second_checkpoint).resolve()))

@@ -1,0 +1,247 @@
+"""Continuous batching: iteration-level scheduling of rows over one model (Orca, OSDI '22; TGI).
+
+One thread owns the model. Each iteration it
+1. ends rows whose client left or whose deadline passed (they leave the batch at once),
+2. admits waiting rows while there are free slots, up to `max_prefill_tokens` prompt tokens, and
+   prefills them (at least one row per iteration, so a long prompt cannot starve),
+3. runs one decode step for every live row, and
+4. retires finished rows, resolving a submission's future once all of its rows are done.
+So a new request joins the running batch at the next step, and prefill and decode alternate: no
+iteration runs more than one prefill chunk before the decode step that every live row shares.
+
+A failure stays with its row: sampling, seeding and penalties run per row (`RowState.fail`), and a
+prefill that raises is retried row by row. Only a decode forward that raises fails the rows in it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from chimed_ray.serving.row_batch import RowBatch, concat_rows, select_rows
+from chimed_ray.serving.sampling import RowState, apply_penalties, make_generator, sample_token
+
+logger = logging.getLogger("ray.serve")
+
+
+class StepModel(Protocol):
+    """The two forwards the scheduler needs (see `HFEngine`)."""
+
+    device: torch.device | str
+    eos_ids: set[int]
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, RowBatch]:
+        """Logits of each prompt's last position [N, V] and the new rows' batch."""
+
+    def decode(self, batch: RowBatch, tokens: torch.Tensor) -> tuple[torch.Tensor, RowBatch]:
+        """Feed `tokens` [B]; logits [B, V] and the grown batch."""
+
+    def decode_text(self, ids: list[int]) -> str:
+        """Token ids to text."""
+
+
+@dataclass
+class _Submission:
+    rows: list[RowState]
+    future: Future
+    remaining: int
+
+
+@dataclass
+class _Slot:
+    """A live row: its submission, RNG and the token it feeds at the next decode step."""
+
+    row: RowState
+    submission: _Submission
+    generator: Optional[torch.Generator] = None
+    next_token: int = 0
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    prefills: int = 0
+    largest_batch: int = 0
+    rows_failed: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class ContinuousBatcher:
+    """Runs rows through `model` on a background thread; `submit` returns a Future per submission."""
+
+    def __init__(self, model: StepModel, max_rows: int, max_prefill_tokens: int, stall_timeout_s: float):
+        self.model = model
+        self.max_rows = max_rows
+        self.max_prefill_tokens = max_prefill_tokens
+        self.stall_timeout_s = stall_timeout_s
+        self.stats = SchedulerStats()
+        self._waiting: collections.deque[_Slot] = collections.deque()
+        self._live: list[_Slot] = []
+        self._batch: Optional[RowBatch] = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: list[RowState]) -> Future:
+        """Queue `rows`; the Future resolves (to None) once every one of them has finished."""
+        future: Future = Future()
+        submission = _Submission(rows, future, len(rows))
+        with self._wake:
+            self._waiting.extend(_Slot(row, submission) for row in rows)
+            self._wake.notify()
+        return future
+
+    @property
+    def live_rows(self) -> int:
+        """Rows in the running batch right now."""
+        return len(self._live)
+
+    def check_health(self) -> None:
+        """Raise if the thread died, or holds work without progress for `stall_timeout_s`."""
+        if not self._thread.is_alive() and not self._closed:
+            raise RuntimeError("the generation thread has died")
+        stalled = time.monotonic() - self.stats.last_progress
+        if (self._live or self._waiting) and stalled > self.stall_timeout_s:
+            raise RuntimeError(f"the generation thread made no progress for {stalled:.0f} s "
+                               f"(engine.stall_timeout_s={self.stall_timeout_s:g})")
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._waiting or self._live or self._closed):
+                    self._wake.wait()
+                    self.stats.last_progress = time.monotonic()  # idle is not stuck
+                if self._closed:
+                    return
+            try:
+                self._iteration()
+            except Exception:  # a bug here must not kill the thread: fail what is live, go on
+                logger.exception("continuous batcher iteration failed")
+                self._fail(self._live, "scheduler error")
+                self._retire()
+            self.stats.last_progress = time.monotonic()
+
+    def _iteration(self) -> None:
+        for slot in self._live:
+            if slot.row.cancelled:
+                slot.row.abort()
+        self._retire()
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+            self._retire()
+        if self._live:
+            self._decode()
+            self._retire()
+
+    def _admit(self) -> list[_Slot]:
+        """Waiting rows that fit the free slots and the prefill budget (always one if a slot is free)."""
+        admitted, tokens = [], 0
+        with self._wake:
+            while self._waiting and len(self._live) + len(admitted) < self.max_rows:
+                slot = self._waiting[0]
+                if slot.row.cancelled:
+                    self._waiting.popleft()
+                    slot.row.abort()
+                    self._done(slot)
+                    continue
+                if admitted and tokens + len(slot.row.prompt_ids) > self.max_prefill_tokens:
+                    break
+                admitted.append(self._waiting.popleft())
+                tokens += len(slot.row.prompt_ids)
+        return admitted
+
+    def _prefill(self, admitted: list[_Slot]) -> None:
+        """Prefill the admitted rows together, or one by one if that raises; join them to the batch."""
+        try:
+            groups = [(admitted, *self.model.prefill([s.row.prompt_ids for s in admitted]))]
+        except Exception:
+            logger.exception("prefill of %d rows failed; retrying them one by one", len(admitted))
+            groups = []
+            for slot in admitted:
+                try:
+                    groups.append(([slot], *self.model.prefill([slot.row.prompt_ids])))
+                except Exception as exc:
+                    self._fail([slot], f"prefill failed: {exc!r}")
+                    self._done(slot)
+        for slots, logits, batch in groups:
+            self.stats.prefills += 1
+            for slot, row_logits in zip(slots, logits):
+                self._next_token(slot, row_logits)
+            self._live.extend(slots)
+            self._batch = concat_rows(self._batch, batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(self._live))
+
+    def _decode(self) -> None:
+        tokens = torch.tensor([slot.next_token for slot in self._live], dtype=torch.long, device=self.model.device)
+        try:
+            logits, self._batch = self.model.decode(self._batch, tokens)
+        except Exception as exc:
+            logger.exception("decode step over %d rows failed", len(self._live))
+            self._fail(self._live, f"decode failed: {exc!r}")
+            return
+        self.stats.steps += 1
+        for slot, row_logits in zip(self._live, logits):
+            self._next_token(slot, row_logits)
+
+    def _next_token(self, slot: _Slot, logits: torch.Tensor) -> None:
+        """Sample and feed one token to one row; whatever goes wrong fails this row only."""
+        row = slot.row
+        if row.finished:
+            return
+        try:
+            if slot.generator is None:
+                slot.generator = make_generator(row.seed, self.model.device)
+            logits = apply_penalties(logits, row.prompt_ids, row.token_ids, row.repetition_penalty,
+                                     row.frequency_penalty, row.presence_penalty)
+            if row.ignore_eos and self.model.eos_ids:
+                logits[sorted(self.model.eos_ids)] = float("-inf")
+            slot.next_token = sample_token(logits, row.temperature, row.top_p, slot.generator)
+            row.add_token(slot.next_token, self.model.decode_text, self.model.eos_ids)
+        except Exception as exc:
+            self._fail([slot], f"sampling failed: {exc!r}")
+
+    def _fail(self, slots: list[_Slot], error: str) -> None:
+        for slot in slots:
+            if not slot.row.finished:
+                self.stats.rows_failed += 1
+                logger.error("row %d failed: %s", slot.row.choice_index, error)
+                _quietly(slot.row.fail, error)
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch at once and resolve completed submissions."""
+        keep = [i for i, slot in enumerate(self._live) if not slot.row.finished]
+        if len(keep) == len(self._live):
+            return
+        finished = [slot for slot in self._live if slot.row.finished]
+        self._batch = select_rows(self._batch, keep) if self._batch is not None else None
+        self._live = [self._live[i] for i in keep]
+        for slot in finished:  # resolved after they left, so a caller never sees its rows still live
+            self._done(slot)
+
+    def _done(self, slot: _Slot) -> None:
+        submission = slot.submission
+        submission.remaining -= 1
+        if submission.remaining == 0 and not submission.future.done():
+            submission.future.set_result(None)
+
+
+def _quietly(call: Callable[..., Any], *args: Any) -> None:
+    """Run a row callback whose own failure (a streaming listener on a closed loop) must not spread."""
+    try:
+        call(*args)
+    except Exception:
+        logger.exception("row callback failed")
