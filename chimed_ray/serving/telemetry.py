@@ -49,8 +49,10 @@ class RequestTelemetry:
         self.recent.append({"request_id": request_id, "status": status, "stream": stream,
                             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
         self.requests.inc(1, tags={**model, "endpoint": endpoint, "status": status})
-        self.prompt_tokens.inc(prompt_tokens, tags=model)
-        self.completion_tokens.inc(completion_tokens, tags=model)
+        if prompt_tokens:  # Ray counters refuse an increment of 0
+            self.prompt_tokens.inc(prompt_tokens, tags=model)
+        if completion_tokens:
+            self.completion_tokens.inc(completion_tokens, tags=model)
         self.latency.observe(latency_s, tags={**model, "endpoint": endpoint})
         rate = completion_tokens / latency_s if latency_s > 0 else 0.0
         if completion_tokens:
