@@ -5,15 +5,12 @@ as `{"error": {"message", "type", "param", "code"}}`: validation 400, auth 401, 
 body too large 413, Serve back-pressure 503 (or 429, both with `Retry-After`), request timeout 504,
 anything unexpected 500 (whose body never carries the exception: that goes to the log).
 
-`RequestGate` runs before any route: only `GET /health` is open without the key, and a body over
-`http.max_body_bytes` is refused from its Content-Length (or as soon as it grows past the cap)
-without being read, so a huge body costs the replica nothing.
+`RequestGate` (serving/gate.py) runs before any route: the API key, then the body size.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the routes that
 # Serve rebinds into class-based views.
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -25,6 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chimed_ray.serving import gate
+from chimed_ray.serving.gate import RequestGate
 from chimed_ray.serving.protocol import (
     ERROR_TYPES,
     ChatCompletionRequest,
@@ -41,7 +40,6 @@ from chimed_ray.serving.protocol import (
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = "1"
-OPEN_PATH = "/health"
 api = FastAPI(title="chimed-ray", description="OpenAI-compatible API for ChiMed checkpoints")
 
 
@@ -90,76 +88,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return APIError(exc.status_code, str(exc.detail)).response()
 
 
-def _route_path(scope: dict) -> str:
-    """The request path below the app's route prefix."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-def _authorized(scope: dict, api_key: str) -> bool:
-    if not api_key or (_route_path(scope) == OPEN_PATH and scope.get("method") in ("GET", "HEAD")):
-        return True
-    headers = dict(scope.get("headers") or [])
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
-
-
-class RequestGate:
-    """ASGI middleware: the API key, then the body size, before any route or body parsing runs."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if not _authorized(scope, getattr(api.state, "api_key", "")):
-            refusal = APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                               code="invalid_api_key")
-            return await refusal.response()(scope, receive, send)
-        limit = getattr(api.state, "max_body_bytes", 0)
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if limit and (not declared.isdigit() or int(declared) > limit):
-            return await _too_large(limit)(scope, receive, send)
-        body = await _read_body(receive, limit) if scope.get("method") in ("POST", "PUT", "PATCH") else None
-        if body is _TOO_LARGE:
-            return await _too_large(limit)(scope, receive, send)
-        await self.app(scope, _replay(body, receive) if body is not None else receive, send)
-
-
-_TOO_LARGE = object()
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return APIError(413, f"The request body is larger than the {limit} bytes this server accepts.",
-                    code="request_too_large").response()
-
-
-async def _read_body(receive: Any, limit: int) -> Any:
-    """The whole body, or `_TOO_LARGE` once it passes `limit` bytes (chunked uploads declare no size)."""
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":  # the client left: let the app see it
-            return None
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if limit and size > limit:
-            return _TOO_LARGE
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A `receive` that hands the buffered body over once, then listens for the disconnect."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replayed() -> dict:
-        return pending.pop() if pending else await receive()
-
-    return replayed
-
-
 api.add_middleware(RequestGate)
 
 
@@ -189,8 +117,8 @@ class OpenAIIngress:
 
     def __init__(self, models: dict[str, Any], api_key: str = "", max_body_bytes: int = 2 * 1024 * 1024):
         self.models = models  # name -> DeploymentHandle (Serve replaces the bound apps)
-        api.state.api_key = api_key  # read by `RequestGate`; one ingress per replica process
-        api.state.max_body_bytes = max_body_bytes
+        # Serve runs a pickled copy of `api`, so the gate's settings live in a module, not in `api.state`.
+        gate.configure(api_key, max_body_bytes)
         self.created = int(time.time())
 
     def _handle(self, model: str) -> Any:
