@@ -167,8 +167,21 @@ def soak_and_hostile(checkpoint: Path, args: argparse.Namespace) -> None:
             print(f"hostile: {args.hostile} requests, {len(bad)} malformed: {good_ok}/{args.hostile - len(bad)} good "
                   f"answered 200, {refused}/{len(bad)} bad refused with 4xx, "
                   f"other statuses {sorted(s for s in statuses if s != 200 and not 400 <= s < 500)}")
+            status, seconds = huge_body_refusal(url)
+            print(f"a 20 MB body: status {status} in {seconds:.3f} s")
     finally:
         shutdown_server(app)
+
+
+def huge_body_refusal(url: str) -> tuple[int, float]:
+    """Status and seconds of a 20 MB chat request on the idle app."""
+    import httpx
+
+    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "病" * (20 * 1024 * 1024 // 6)}]})
+    start = time.perf_counter()
+    response = httpx.post(f"{url}/chat/completions", content=body.encode(), timeout=600,
+                          headers={"Content-Type": "application/json"})
+    return response.status_code, time.perf_counter() - start
 
 
 def main() -> None:

@@ -92,7 +92,15 @@ class HFEngine:
         return out.logits[:, -1, :].float(), RowBatch(_cache_of(out), mask)
 
     def decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        """`tokenizer.decode(ids, skip_special_tokens=True)`, straight to the Rust tokenizer when
+        there is one: the Python wrapper converts the list element by element on every step."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is None or not hasattr(backend, "decode"):
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = backend.decode(ids, skip_special_tokens=True)
+        if getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
+            text = self.tokenizer.clean_up_tokenization(text)
+        return text
 
     def check_health(self) -> None:
         """Raise if generation is stuck or its thread died, or the GPU errored (Serve restarts us)."""

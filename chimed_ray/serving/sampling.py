@@ -128,40 +128,63 @@ def make_generator(seed: Optional[int], device: "torch.device | str") -> "torch.
     return generator
 
 
-def apply_penalties(logits: "torch.Tensor", prompt_ids: list[int], output_ids: list[int], repetition: float,
-                    frequency: float, presence: float) -> "torch.Tensor":
-    """`logits` [V] with the repetition penalties applied (a new tensor; the input is untouched).
+@dataclass
+class PenaltyBatch:
+    """Repetition penalties of B live rows for one step, sparse over the tokens they touch."""
 
-    `repetition` is multiplicative over every token seen in the prompt or the output, as HF's
-    `RepetitionPenaltyLogitsProcessor` and vLLM do: a positive logit is divided by it, a negative
-    one multiplied. `frequency` and `presence` are OpenAI's additive penalties over the output only:
-    `logit -= frequency * count + presence * (count > 0)`.
+    repetition: "torch.Tensor"  # [B]: multiplicative, over tokens seen in prompt or output (1: none)
+    frequency: "torch.Tensor"  # [B]: OpenAI's, per time a token was generated
+    presence: "torch.Tensor"  # [B]: OpenAI's, once a token was generated
+    seen_rows: "torch.Tensor"  # [N] long: (row, token) pairs seen in the prompt or the output...
+    seen_tokens: "torch.Tensor"  # [N] long: ...each pair once
+    generated_rows: "torch.Tensor"  # [M] long: (row, token) pairs the row generated...
+    generated_tokens: "torch.Tensor"  # [M] long
+    counts: "torch.Tensor"  # [M] float: ...and how many times
+
+
+def apply_penalties(logits: "torch.Tensor", penalties: PenaltyBatch) -> "torch.Tensor":
+    """`logits` [B, V] with the penalties applied (a new tensor; the input is untouched).
+
+    The repetition penalty works as HF's `RepetitionPenaltyLogitsProcessor` and vLLM's do: over
+    every token seen in the prompt or the output, a positive logit is divided by it and a negative
+    one multiplied. Frequency and presence are OpenAI's additive penalties over the output only:
+    `logit -= frequency * count + presence * (count > 0)`. Only the touched entries are computed.
     """
     import torch
 
     logits = logits.float().clone()
-    if repetition != 1.0:
-        seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long, device=logits.device)
-        scores = logits[seen]
-        logits[seen] = torch.where(scores > 0, scores / repetition, scores * repetition)
-    if (frequency or presence) and output_ids:
-        counts = torch.bincount(torch.tensor(output_ids, device=logits.device), minlength=logits.numel())
-        counts = counts[: logits.numel()].to(logits.dtype)
-        logits -= frequency * counts + presence * (counts > 0).to(logits.dtype)
+    rows, tokens = penalties.seen_rows, penalties.seen_tokens
+    values, repetition = logits[rows, tokens], penalties.repetition[rows]
+    logits[rows, tokens] = torch.where(values > 0, values / repetition, values * repetition)
+    rows, tokens = penalties.generated_rows, penalties.generated_tokens
+    logits[rows, tokens] -= penalties.frequency[rows] * penalties.counts + penalties.presence[rows]
     return logits
 
 
-def sample_token(logits: "torch.Tensor", temperature: float, top_p: float, generator: "torch.Generator") -> int:
-    """Draw one token id from `logits` [V]: greedy at temperature 0, else nucleus sampling."""
+def sample_rows(logits: "torch.Tensor", temperature: "torch.Tensor", top_p: "torch.Tensor",
+                generators: list["torch.Generator"]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """One token per row from `logits` [B, V]: greedy where temperature is 0, else nucleus sampling
+    with the row's own RNG. Returns the tokens [B] and whether each row's distribution was finite [B].
+
+    A draw inverts the row's CDF at one uniform from its generator, which is what `multinomial`
+    does for one sample, batched over rows: one cheap RNG call per row instead of a multinomial.
+    """
     import torch
 
-    if temperature == 0.0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    sorted_probs, order = probs.sort(descending=True)
-    # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
-    choice = torch.multinomial(sorted_probs * keep, 1, generator=generator)
-    return int(order[choice])
+    tokens = logits.argmax(-1)
+    valid = torch.ones(len(tokens), dtype=torch.bool, device=logits.device)
+    sampled = (temperature > 0).nonzero().flatten()
+    if sampled.numel() == 0:
+        return tokens, valid
+    probs = torch.softmax(logits[sampled] / temperature[sampled, None], dim=-1)
+    order = None
+    if bool((top_p[sampled] < 1.0).any()):
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p[sampled, None])
+    cdf = probs.cumsum(-1)  # [S, V]; a row of NaN (or no mass) has no valid draw
+    valid[sampled] = torch.isfinite(cdf[:, -1]) & (cdf[:, -1] > 0)
+    uniform = torch.cat([torch.rand(1, generator=generators[i], device=probs.device) for i in sampled.tolist()])
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    tokens[sampled] = choice.squeeze(-1) if order is None else order.gather(-1, choice).squeeze(-1)
+    return tokens, valid

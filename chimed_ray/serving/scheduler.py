@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 
 from chimed_ray.serving.row_batch import RowBatch, concat_rows, select_rows
-from chimed_ray.serving.sampling import RowState, apply_penalties, make_generator, sample_token
+from chimed_ray.serving.sampling import PenaltyBatch, RowState, apply_penalties, make_generator, sample_rows
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,12 +56,23 @@ class _Submission:
 
 @dataclass
 class _Slot:
-    """A live row: its submission, RNG and the token it feeds at the next decode step."""
+    """A live row: its submission, RNG, token statistics and the token it feeds next."""
 
     row: RowState
     submission: _Submission
     generator: Optional[torch.Generator] = None
+    seen: set[int] = field(default_factory=set)  # in the prompt or generated (repetition penalty)
+    counts: dict[int, int] = field(default_factory=dict)  # times generated (frequency/presence)
     next_token: int = 0
+
+    def start(self, device: torch.device | str) -> None:
+        """The row's RNG, made when its first logits arrive (a bad seed fails this row only)."""
+        self.generator = make_generator(self.row.seed, device)
+        self.seen = set(self.row.prompt_ids)
+
+    def record(self, token: int) -> None:
+        self.seen.add(token)
+        self.counts[token] = self.counts.get(token, 0) + 1
 
 
 @dataclass
@@ -179,8 +190,7 @@ class ContinuousBatcher:
                     self._done(slot)
         for slots, logits, batch in groups:
             self.stats.prefills += 1
-            for slot, row_logits in zip(slots, logits):
-                self._next_token(slot, row_logits)
+            self._sample(slots, logits)
             self._live.extend(slots)
             self._batch = concat_rows(self._batch, batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._live))
@@ -194,25 +204,72 @@ class ContinuousBatcher:
             self._fail(self._live, f"decode failed: {exc!r}")
             return
         self.stats.steps += 1
-        for slot, row_logits in zip(self._live, logits):
-            self._next_token(slot, row_logits)
+        self._sample(self._live, logits)
 
-    def _next_token(self, slot: _Slot, logits: torch.Tensor) -> None:
-        """Sample and feed one token to one row; whatever goes wrong fails this row only."""
-        row = slot.row
-        if row.finished:
-            return
+    def _sample(self, slots: list[_Slot], logits: torch.Tensor) -> None:
+        """Draw and feed one token per unfinished row of `logits` [len(slots), V], all rows at once;
+        if that raises, row by row, so whatever goes wrong fails only the row it belongs to."""
+        for slot in slots:
+            if slot.generator is None and not slot.row.finished:
+                try:
+                    slot.start(logits.device)
+                except Exception as exc:
+                    self._fail([slot], f"sampling setup failed: {exc!r}")
+        index = [i for i, slot in enumerate(slots) if not slot.row.finished]
         try:
-            if slot.generator is None:
-                slot.generator = make_generator(row.seed, self.model.device)
-            logits = apply_penalties(logits, row.prompt_ids, row.token_ids, row.repetition_penalty,
-                                     row.frequency_penalty, row.presence_penalty)
-            if row.ignore_eos and self.model.eos_ids:
-                logits[sorted(self.model.eos_ids)] = float("-inf")
-            slot.next_token = sample_token(logits, row.temperature, row.top_p, slot.generator)
-            row.add_token(slot.next_token, self.model.decode_text, self.model.eos_ids)
-        except Exception as exc:
-            self._fail([slot], f"sampling failed: {exc!r}")
+            self._draw([slots[i] for i in index], logits[index])
+        except Exception:
+            for i in index:
+                try:
+                    self._draw([slots[i]], logits[i:i + 1])
+                except Exception as exc:
+                    self._fail([slots[i]], f"sampling failed: {exc!r}")
+
+    def _draw(self, slots: list[_Slot], logits: torch.Tensor) -> None:
+        if not slots:
+            return
+        rows = [slot.row for slot in slots]
+        device = logits.device
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        if any(row.repetition_penalty != 1.0 or row.frequency_penalty or row.presence_penalty for row in rows):
+            logits = apply_penalties(logits, self._penalties(slots, device))
+        no_eos = [i for i, row in enumerate(rows) if row.ignore_eos]
+        if no_eos and self.model.eos_ids:
+            eos = torch.tensor(sorted(self.model.eos_ids), device=device)
+            logits[torch.tensor(no_eos, device=device)[:, None], eos] = float("-inf")
+        tokens, valid = sample_rows(logits, column([row.temperature for row in rows]),
+                                    column([row.top_p for row in rows]), [slot.generator for slot in slots])
+        for slot, token, ok in zip(slots, tokens.tolist(), valid.tolist()):
+            if not ok:
+                self._fail([slot], "sampling failed: non-finite probabilities")
+                continue
+            try:
+                slot.next_token = token
+                slot.record(token)
+                slot.row.add_token(token, self.model.decode_text, self.model.eos_ids)
+            except Exception as exc:
+                self._fail([slot], f"feeding the token failed: {exc!r}")
+
+    @staticmethod
+    def _penalties(slots: list[_Slot], device: torch.device | str) -> PenaltyBatch:
+        def column(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        seen = [(i, token) for i, slot in enumerate(slots) for token in slot.seen]
+        generated = [(i, token, count) for i, slot in enumerate(slots) for token, count in slot.counts.items()]
+        return PenaltyBatch(
+            repetition=column([slot.row.repetition_penalty for slot in slots]),
+            frequency=column([slot.row.frequency_penalty for slot in slots]),
+            presence=column([slot.row.presence_penalty for slot in slots]),
+            seen_rows=column([i for i, _ in seen], torch.long),
+            seen_tokens=column([token for _, token in seen], torch.long),
+            generated_rows=column([i for i, _, _ in generated], torch.long),
+            generated_tokens=column([token for _, token, _ in generated], torch.long),
+            counts=column([count for *_, count in generated]),
+        )
 
     def _fail(self, slots: list[_Slot], error: str) -> None:
         for slot in slots:

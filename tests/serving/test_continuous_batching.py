@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from chimed_ray.serving.row_batch import RowBatch
-from chimed_ray.serving.sampling import RowState, apply_penalties
+from chimed_ray.serving.sampling import PenaltyBatch, RowState, apply_penalties, make_generator, sample_rows
 from chimed_ray.serving.scheduler import ContinuousBatcher
 
 
@@ -93,7 +93,7 @@ def test_a_row_that_cannot_be_sampled_fails_alone(engine, tokenizer):
         return nan, overflow, good
 
     nan, overflow, good = asyncio.run(scenario())
-    assert nan.finish_reason == "error" and "probability" in nan.error
+    assert nan.finish_reason == "error" and "non-finite" in nan.error
     assert overflow.finish_reason == "error" and "Overflow" in overflow.error
     assert all(row.finish_reason == "length" and len(row.token_ids) == 8 for row in good)
     assert engine.batcher.live_rows == 0
@@ -132,13 +132,39 @@ def test_a_cancelled_request_leaves_the_batch_before_generate_returns(engine, to
 
 
 def test_penalties_by_hand():
-    logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
-    # repetition 2 over seen tokens {0 (prompt), 1, 3}: 2 -> 1, -1 -> -2, 3 -> 1.5; token 2 untouched.
-    # frequency 0.5 and presence 0.25 over the output [1, 1, 3]: token 1 -= 2*0.5 + 0.25, token 3 -= 0.5 + 0.25.
-    out = apply_penalties(logits, [0], [1, 1, 3], repetition=2.0, frequency=0.5, presence=0.25)
-    assert torch.allclose(out, torch.tensor([1.0, -3.25, 0.5, 0.75]))
-    assert torch.equal(logits, torch.tensor([2.0, -1.0, 0.5, 3.0]))  # the caller's tensor is untouched
-    assert torch.equal(apply_penalties(logits, [0], [1], 1.0, 0.0, 0.0), logits)
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+
+    def penalties(repetition, frequency, presence):
+        long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        # Row 0 saw tokens {0 (prompt), 1, 3} and generated [1, 1, 3]; row 1 saw and generated nothing.
+        return PenaltyBatch(torch.tensor([repetition, repetition]), torch.tensor([frequency, frequency]),
+                            torch.tensor([presence, presence]), long([0, 0, 0]), long([0, 1, 3]), long([0, 0]),
+                            long([1, 3]), torch.tensor([2.0, 1.0]))
+
+    # repetition 2 over seen tokens: 2 -> 1, -1 -> -2, 3 -> 1.5; token 2 untouched.
+    # frequency 0.5 and presence 0.25: token 1 -= 2 * 0.5 + 0.25, token 3 -= 0.5 + 0.25.
+    out = apply_penalties(logits, penalties(2.0, 0.5, 0.25))
+    assert torch.allclose(out, torch.tensor([[1.0, -3.25, 0.5, 0.75], [2.0, -1.0, 0.5, 3.0]]))
+    assert torch.equal(logits[0], torch.tensor([2.0, -1.0, 0.5, 3.0]))  # the caller's tensor is untouched
+    assert torch.equal(apply_penalties(logits, penalties(1.0, 0.0, 0.0)), logits)
+
+
+def test_sampling_is_greedy_nucleus_and_seeded_per_row():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]] * 3)
+    temperature, top_p = torch.tensor([0.0, 2.0, 1.5]), torch.tensor([1.0, 0.01, 1.0])
+
+    def draw(seed):
+        tokens, valid = sample_rows(logits, temperature, top_p, [make_generator(seed + i, "cpu") for i in range(3)])
+        assert valid.all()
+        return tokens.tolist()
+
+    draws = [draw(seed) for seed in range(0, 150, 3)]
+    assert {d[0] for d in draws} == {1}  # greedy
+    assert {d[1] for d in draws} == {1}  # top_p this small keeps only the most likely token
+    assert len({d[2] for d in draws}) > 1 and draws == [draw(seed) for seed in range(0, 150, 3)]  # seeded
+    nan, valid = sample_rows(torch.tensor([[0.0, 1.0]]) / 1e-45, torch.tensor([1.0]), torch.tensor([1.0]),
+                             [make_generator(0, "cpu")])
+    assert not valid[0]
 
 
 def test_the_serving_default_penalty_breaks_a_greedy_loop(engine, tokenizer):

@@ -232,6 +232,6 @@ def test_a_row_that_fails_fails_its_request_only(replica, monkeypatch):
         )
 
     good_1, bad, good_2 = asyncio.run(scenario())
-    assert bad["type"] == "error" and bad["status"] == 500 and "probability" not in bad["message"]
+    assert bad["type"] == "error" and bad["status"] == 500 and "non-finite" not in bad["message"]
     assert good_1["type"] == good_2["type"] == "result"
     assert good_1["choices"][0]["completion_tokens"] == good_2["choices"][0]["completion_tokens"] == 12
