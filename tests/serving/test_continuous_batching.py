@@ -20,7 +20,7 @@ from chimed_ray.serving.scheduler import ContinuousBatcher
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_checkpoint):
+def engine(tiny_checkpoint, one_torch_thread):
     from chimed_ray.serving.hf_engine import HFEngine
 
     engine = HFEngine(str(tiny_checkpoint), "auto", "auto", False, "sdpa", 0, max_rows=8, max_prefill_tokens=64)

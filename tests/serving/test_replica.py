@@ -37,7 +37,7 @@ async def started(replica) -> None:
 
 
 @pytest.fixture(scope="module")
-def replica(tiny_checkpoint):
+def replica(tiny_checkpoint, one_torch_thread):
     replica = server(tiny_checkpoint, request_timeout_s=600)
     yield replica
     replica.engine.batcher.close()
@@ -160,7 +160,7 @@ def test_a_stream_that_loses_its_client_records_the_tokens_really_made(replica):
     assert record["status"] == "cancelled" and record["completion_tokens"] < 400
 
 
-def test_unbatched_requests_keep_the_lock_until_their_rows_leave(tiny_checkpoint):
+def test_unbatched_requests_keep_the_lock_until_their_rows_leave(tiny_checkpoint, one_torch_thread):
     replica = server(tiny_checkpoint, batching=False)
 
     async def scenario():
@@ -181,7 +181,7 @@ def test_unbatched_requests_keep_the_lock_until_their_rows_leave(tiny_checkpoint
     assert second["type"] == "result" and second["choices"][0]["completion_tokens"] == 3
 
 
-def test_a_request_past_its_timeout_is_cancelled_with_504(tiny_checkpoint):
+def test_a_request_past_its_timeout_is_cancelled_with_504(tiny_checkpoint, one_torch_thread):
     replica = server(tiny_checkpoint, request_timeout_s=0.5)
 
     async def scenario():
