@@ -64,6 +64,7 @@ class _Slot:
     seen: set[int] = field(default_factory=set)  # in the prompt or generated (repetition penalty)
     counts: dict[int, int] = field(default_factory=dict)  # times generated (frequency/presence)
     next_token: int = 0
+    released: bool = False  # counted as done in its submission
 
     def start(self, device: torch.device | str) -> None:
         """The row's RNG, made when its first logits arrive (a bad seed fails this row only)."""
@@ -95,6 +96,7 @@ class ContinuousBatcher:
         self.stats = SchedulerStats()
         self._waiting: collections.deque[_Slot] = collections.deque()
         self._live: list[_Slot] = []
+        self._admitting: list[_Slot] = []  # out of the queue, not yet in the batch
         self._batch: Optional[RowBatch] = None
         self._wake = threading.Condition()
         self._closed = False
@@ -139,10 +141,15 @@ class ContinuousBatcher:
                     return
             try:
                 self._iteration()
-            except Exception:  # a bug here must not kill the thread: fail what is live, go on
+            except Exception:  # a bug here must not kill the thread: fail what it held, go on
                 logger.exception("continuous batcher iteration failed")
-                self._fail(self._live, "scheduler error")
+                live = {id(slot) for slot in self._live}
+                stranded = [slot for slot in self._admitting if id(slot) not in live]
+                self._fail(self._live + stranded, "scheduler error")
                 self._retire()
+                for slot in stranded:
+                    self._done(slot)
+            self._admitting = []
             self.stats.last_progress = time.monotonic()
 
     def _iteration(self) -> None:
@@ -150,7 +157,7 @@ class ContinuousBatcher:
             if slot.row.cancelled:
                 slot.row.abort()
         self._retire()
-        admitted = self._admit()
+        admitted = self._admitting = self._admit()
         if admitted:
             self._prefill(admitted)
             self._retire()
@@ -290,6 +297,9 @@ class ContinuousBatcher:
             self._done(slot)
 
     def _done(self, slot: _Slot) -> None:
+        if slot.released:
+            return
+        slot.released = True
         submission = slot.submission
         submission.remaining -= 1
         if submission.remaining == 0 and not submission.future.done():

@@ -116,6 +116,24 @@ def test_a_prefill_that_raises_is_retried_row_by_row(engine, tokenizer, monkeypa
     assert "poisoned prompt" in rows[1].error
 
 
+def test_a_scheduler_bug_fails_the_rows_it_held_and_the_thread_goes_on(engine, tokenizer, monkeypatch):
+    """A bug between taking rows off the queue and adding them to the batch must not strand them."""
+    batcher = engine.batcher
+    real = batcher._sample
+
+    def broken_once(slots, logits):
+        monkeypatch.setattr(batcher, "_sample", real)
+        raise RuntimeError("bug while sampling the first tokens")
+
+    monkeypatch.setattr(batcher, "_sample", broken_once)
+    held = RowState(prompt_ids=ids(tokenizer, "腹痛"), max_tokens=4, temperature=0.0)
+    batcher.submit([held]).result(timeout=120)  # resolves: failed, not stranded
+    assert held.finish_reason == "error" and batcher.live_rows == 0
+    after = RowState(prompt_ids=ids(tokenizer, "腹痛"), max_tokens=4, temperature=0.0, ignore_eos=True)
+    asyncio.run(engine.generate([after]))
+    assert after.finish_reason == "length"
+
+
 def test_a_cancelled_request_leaves_the_batch_before_generate_returns(engine, tokenizer):
     async def scenario():
         row = RowState(prompt_ids=ids(tokenizer, "咳嗽"), max_tokens=400, temperature=0.8, ignore_eos=True)
