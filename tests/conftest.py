@@ -102,10 +102,14 @@ def _jsonl_history(output_dir: Path) -> dict[int, dict[str, float]]:
     return history
 
 
+def _flat(history: dict[int, dict[str, float]]) -> dict[tuple[int, str], float]:
+    return {(step, key): value for step, metrics in history.items() for key, value in metrics.items()}
+
+
 @pytest.fixture(scope="session")
 def tracked_runs():
     """Readers of what a run logged: `mlflow(uri, run_id)`, `wandb(run_dir)` and `jsonl(output_dir)`,
-    each as step -> {metric: value}."""
+    each as step -> {metric: value}; `flat` turns one into {(step, metric): value} for pytest.approx."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(mlflow=_mlflow_history, wandb=_wandb_history, jsonl=_jsonl_history)
+    return SimpleNamespace(mlflow=_mlflow_history, wandb=_wandb_history, jsonl=_jsonl_history, flat=_flat)

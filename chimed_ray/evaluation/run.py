@@ -154,7 +154,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     options = TaskOptions(config.files, config.few_shot, config.few_shot_files, config.scales_file,
                           config.max_items, config.generation.max_new_tokens)
     tasks = [load_task(name, options) for name in config.tasks]
-    paths = {checkpoint.name: resolve_checkpoint(checkpoint, output_dir, config.seed) for checkpoint in config.checkpoints}
+    paths = {c.name: resolve_checkpoint(c, output_dir, config.seed) for c in config.checkpoints}
     plan = choose_plan(config.scale) if config.checkpoints else None
     models: dict[str, Any] = {}
     for checkpoint in config.checkpoints:

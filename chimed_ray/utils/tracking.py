@@ -122,7 +122,8 @@ def read_run_info(output_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def attach_artifacts(output_dir: str | Path, directory: str | Path, tracking: TrackingConfig, name: str = "final") -> None:
+def attach_artifacts(output_dir: str | Path, directory: str | Path, tracking: TrackingConfig,
+                     name: str = "final") -> None:
     """Upload `directory` into the MLflow run a (now finished) tracker opened under `output_dir`:
     how a Ray Train driver adds the final checkpoint its rank-0 worker's run did not have yet."""
     if tracking.mlflow.enabled and tracking.mlflow.log_artifacts:

@@ -26,23 +26,20 @@ def offline_wandb(tmp_path, monkeypatch) -> Path:
     return directory
 
 
-def _tracking(tmp_path: Path, log_artifacts: bool = True) -> TrackingConfig:
-    return TrackingConfig(MLflowConfig(tracking_uri=f"file://{tmp_path}/mlruns", experiment="tests", log_artifacts=log_artifacts),
-                          WandbConfig(project="chimed-tests", mode="offline"))
+def _tracking(tmp_path: Path) -> TrackingConfig:
+    mlflow = MLflowConfig(tracking_uri=f"file://{tmp_path}/mlruns", experiment="tests", log_artifacts=True)
+    return TrackingConfig(mlflow, WandbConfig(project="chimed-tests", mode="offline"))
 
 
 def _assert_same_everywhere(output_dir: Path, tracked_runs, steps: list[int]) -> dict:
     info = read_run_info(output_dir)
     expected = tracked_runs.jsonl(output_dir)
     assert sorted(expected) == steps and all(expected.values())
-    flat = _flat(expected)
-    assert _flat(tracked_runs.mlflow(info["mlflow"]["tracking_uri"], info["mlflow"]["run_id"])) == pytest.approx(flat)
-    assert _flat(tracked_runs.wandb(info["wandb"]["dir"])) == pytest.approx(flat)
+    flat = tracked_runs.flat(expected)
+    mlflow = tracked_runs.mlflow(info["mlflow"]["tracking_uri"], info["mlflow"]["run_id"])
+    assert tracked_runs.flat(mlflow) == pytest.approx(flat)
+    assert tracked_runs.flat(tracked_runs.wandb(info["wandb"]["dir"])) == pytest.approx(flat)
     return info
-
-
-def _flat(history: dict[int, dict[str, float]]) -> dict[tuple[int, str], float]:
-    return {(step, key): value for step, metrics in history.items() for key, value in metrics.items()}
 
 
 def test_tracker_runs_hold_the_jsonl_metrics_and_resume_the_same_runs(tmp_path, offline_wandb, tracked_runs):
@@ -94,7 +91,8 @@ def test_tracking_config_errors_name_the_key(overrides, message):
 
 
 @pytest.mark.slow
-def test_tiny_sft_logs_the_same_metrics_to_mlflow_and_wandb(ray_cluster, tiny_checkpoint, tmp_path, offline_wandb, tracked_runs):
+def test_tiny_sft_logs_the_same_metrics_to_mlflow_and_wandb(ray_cluster, tiny_checkpoint, tmp_path, offline_wandb,
+                                                            tracked_runs):
     from mlflow import MlflowClient
 
     from chimed_ray.trainers.launch import run_ray_train

@@ -36,10 +36,10 @@ def test_tiny_ppo_logs_the_same_metrics_to_mlflow_and_wandb(ray_cluster, tiny_ch
     info = read_run_info(output)
     expected = tracked_runs.jsonl(output)
     assert sorted(expected) == [1, 2] and "reward/mean" in expected[1]
-    flat = {(step, key): value for step, metrics in expected.items() for key, value in metrics.items()}
+    flat = tracked_runs.flat(expected)
     for history in (tracked_runs.mlflow(info["mlflow"]["tracking_uri"], info["mlflow"]["run_id"]),
                     tracked_runs.wandb(info["wandb"]["dir"])):
-        assert {(step, key): value for step, metrics in history.items() for key, value in metrics.items()} == pytest.approx(flat)
+        assert tracked_runs.flat(history) == pytest.approx(flat)
     assert info["wandb"]["dir"].startswith(str(tmp_path / "wandb_dir"))
     client = MlflowClient(info["mlflow"]["tracking_uri"])
     run = client.get_run(info["mlflow"]["run_id"])
