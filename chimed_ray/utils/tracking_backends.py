@@ -73,6 +73,7 @@ class MLflowBackend:
         self.mlflow = setup_mlflow(
             # A resumed run has its params already, and MLflow refuses to change one (`resume`).
             config=None if resume_run_id else params, tracking_uri=config.tracking_uri, experiment_name=config.experiment,
+            # RunTracker opens backends on rank 0 only; outside Ray Train there is no rank to check.
             run_name=run_name, create_experiment_if_not_exists=True, rank_zero_only=False,
         )
         self.run_id = self.mlflow.active_run().info.run_id
@@ -123,7 +124,7 @@ class WandbBackend:
         Path(directory).mkdir(parents=True, exist_ok=True)
         resume = {"id": resume_run_id, "resume": "allow"} if resume_run_id else {"resume": None}
         self.run = setup_wandb(config=params, project=config.project, mode=config.mode, dir=directory,
-                               name=run_name, rank_zero_only=False, **resume)
+                               name=run_name, rank_zero_only=False, **resume)  # rank 0 already, as above
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
