@@ -86,7 +86,9 @@ def worker_demands(data: dict[str, Any]) -> list[tuple[str, int, float, float]]:
         from chimed_ray.config.eval import EvalScaleConfig
 
         actors = from_dict(EvalScaleConfig, scale, "scale.")
-        return [("scale", actors.num_actors, actors.cpus_per_actor, actors.gpus_per_actor)]
+        # auto sizes the pool to the cluster (or runs in-process): it needs room for one GPU actor at most.
+        count = actors.num_actors if actors.num_actors != "auto" else int(actors.gpus_per_actor > 0)
+        return [("scale", count, actors.cpus_per_actor, actors.gpus_per_actor)] if count else []
     if "policy" in scale:  # ppo: one actor group per role
         from chimed_ray.config.rlhf import ROLES, PPOScaleConfig
 

@@ -184,9 +184,72 @@ class ScaleConfig:
         return "bf16" if self.use_gpu else "fp32"
 
 
+MLFLOW_SCHEMES = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
+WANDB_FORBIDDEN = "/\\#?%:"
+
+
 @dataclass
-class LoggingConfig:
-    """How often to log, evaluate and checkpoint (in optimizer steps)."""
+class MLflowConfig:
+    """MLflow tracking through Ray's `setup_mlflow`, on when `tracking_uri` is set.
+
+    `tracking_uri` is a file store (`file:///abs/mlruns`), a server (`http://host:5000`),
+    `databricks` or an SQL store (`sqlite:///mlflow.db`). The config goes in as params and every
+    metric of `metrics.jsonl` at its step; `log_artifacts` uploads the final checkpoint (eval: the
+    report) as the run's `final/` artifact.
+    """
+
+    tracking_uri: str = ""
+    experiment: str = "chimed-ray"
+    log_artifacts: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tracking_uri)
+
+    def validate(self) -> None:
+        if self.enabled:
+            scheme = self.tracking_uri.split(":", 1)[0]
+            check(
+                scheme in MLFLOW_SCHEMES and (scheme == "databricks" or ":" in self.tracking_uri),
+                "tracking_uri",
+                f"expected file:///dir, http(s)://host:port, databricks or sqlite:///file.db, got {self.tracking_uri!r}",
+            )
+            check(bool(self.experiment.strip()), "experiment", "must not be empty when tracking_uri is set")
+        check(not self.log_artifacts or self.enabled, "log_artifacts", "needs logging.mlflow.tracking_uri")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases through Ray's `setup_wandb`, on when `project` is set.
+
+    `mode: offline` needs no network or API key: the run is written under `$WANDB_DIR` (else
+    `<output_dir>`)`/wandb/offline-run-*`, for `wandb sync` later. Online runs read `WANDB_API_KEY`.
+    """
+
+    project: str = ""
+    mode: Literal["online", "offline", "disabled"] = "online"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.project)
+
+    def validate(self) -> None:
+        bad = sorted(set(WANDB_FORBIDDEN) & set(self.project))
+        check(not bad, "project", f"a W&B project name cannot contain {' '.join(bad)}, got {self.project!r}")
+        check(len(self.project) <= 128, "project", f"at most 128 characters, got {len(self.project)}")
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go besides `<output_dir>/metrics.jsonl`: MLflow and/or W&B (both off by default)."""
+
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class LoggingConfig(TrackingConfig):
+    """How often to log, evaluate and checkpoint (in optimizer steps), and where metrics go."""
 
     log_every: int = 1
     eval_every: int = 0
@@ -227,10 +290,13 @@ __all__ = [
     "DataConfig",
     "LoRAConfig",
     "LoggingConfig",
+    "MLflowConfig",
     "ModelConfig",
     "OptimConfig",
     "ScaleConfig",
     "TinyModelConfig",
+    "TrackingConfig",
+    "WandbConfig",
     "check_cluster_fits",
     "check_resources",
 ]

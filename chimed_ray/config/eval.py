@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from chimed_ray.config.common import TrackingConfig
 from chimed_ray.config.loader import check
 
 EVAL_TASKS = ("mcq", "medqa", "ner", "qa", "dialogue", "cami", "mica")
@@ -72,9 +73,16 @@ class GenerationConfig:
 
 @dataclass
 class EvalScaleConfig:
-    """How requests are run: `num_actors: 0` is one in-process loop, >= 1 a Ray Data actor pool."""
+    """How requests are run.
 
-    num_actors: int = 0
+    `num_actors: auto` (default) picks the fastest path for the cluster: a single-process loop on
+    one node without GPUs, a Ray Data actor pool when the cluster has several nodes (one actor per
+    `cpus_per_actor` CPUs) or GPUs (one per `gpus_per_actor` GPUs, 1 when left at 0). `0` forces the
+    loop, `N >= 1` a pool of N actors. `auto` joins the cluster named by RAY_ADDRESS (as under
+    `ray job submit`), and on a machine without one starts Ray only when it has GPUs.
+    """
+
+    num_actors: int | Literal["auto"] = "auto"
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     batch_size: int = 8
@@ -82,26 +90,24 @@ class EvalScaleConfig:
     progress_bar: bool = True
 
     def validate(self) -> None:
-        check(self.num_actors >= 0, "num_actors", f"must be >= 0 (0: no Ray), got {self.num_actors}")
-        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must be >= 0")
-        check(self.cpus_per_actor > 0, "cpus_per_actor", "must be positive")
+        check(
+            self.num_actors == "auto" or self.num_actors >= 0,
+            "num_actors",
+            f"expected auto, 0 (single-process loop) or the size of the actor pool, got {self.num_actors}",
+        )
+        check(self.gpus_per_actor >= 0, "gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+        check(self.cpus_per_actor > 0, "cpus_per_actor", f"must be positive, got {self.cpus_per_actor}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(
-            self.gpus_per_actor > 0 or self.precision in ("auto", "fp32"),
+            self.gpus_per_actor == 0 or self.num_actors != 0,
+            "gpus_per_actor",
+            "GPUs are only used by Ray actors; set num_actors to auto or >= 1",
+        )
+        check(
+            self.num_actors == "auto" or self.gpus_per_actor > 0 or self.precision in ("auto", "fp32"),
             "precision",
             f"{self.precision} needs gpus_per_actor > 0; CPU evaluation runs in fp32",
         )
-        check(
-            self.gpus_per_actor == 0 or self.num_actors >= 1,
-            "gpus_per_actor",
-            "GPUs are only used by Ray actors; set num_actors >= 1",
-        )
-
-    def resolved_precision(self) -> str:
-        """bf16 on GPU actors and fp32 on CPU unless set explicitly."""
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if self.gpus_per_actor > 0 else "fp32"
 
 
 @dataclass
@@ -111,7 +117,7 @@ class EvalConfig:
     `files` maps a task to its input files (C-Eval/CMMLU CSV or JSONL, MedQA JSONL, CCKS-2019
     JSONL, ...); a task missing from it uses the bundled set. `few_shot_files` gives the MCQ
     demonstrations (bundled `mcq_dev.jsonl` when empty). `max_items` caps every task with an evenly
-    spaced sample (0: all items).
+    spaced sample (0: all items). `logging.mlflow` / `logging.wandb` receive every model's scores.
     """
 
     output_dir: str = "outputs/eval"
@@ -125,6 +131,7 @@ class EvalConfig:
     max_items: int = 0
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scale: EvalScaleConfig = field(default_factory=EvalScaleConfig)
+    logging: TrackingConfig = field(default_factory=TrackingConfig)
     plots: bool = True
     seed: int = 0
 

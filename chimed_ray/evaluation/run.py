@@ -1,9 +1,9 @@
 """`chimed-ray eval --config configs/eval/tiny.yaml [key=value ...]`: ChiMed-GPT's evaluation.
 
 1. Read every task's records once (bundled sets unless configured) and build their requests.
-2. For each checkpoint, answer all requests of all tasks in one pass: in this process
-   (`scale.num_actors=0`) or on a Ray Data actor pool (`scale.num_actors>=1`, `gpus_per_actor`
-   GPUs each). An OpenAI-compatible endpoint answers the generation tasks (NER, QA, dialogue).
+2. For each checkpoint, answer all requests of all tasks in one pass, on the path
+   `distributed.plan_for` picks: in this process, or on a Ray Data actor pool (`scale.num_actors`:
+   auto, 0 or the pool size). An OpenAI-compatible endpoint answers the generation tasks.
 3. Score each task (accuracy, entity F1, BLEU/ROUGE, bias-scale totals) and write
    `report.json`, `report.md`, the PNG charts and per-item predictions under `output_dir`.
 """
@@ -15,13 +15,16 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from chimed_ray.config.eval import CheckpointConfig, EvalConfig
+from chimed_ray.config.eval import CheckpointConfig, EvalConfig, EvalScaleConfig
 from chimed_ray.config.loader import to_dict
 from chimed_ray.evaluation.records import EvalRequest, EvalResponse
 from chimed_ray.evaluation.tasks import Task, TaskOptions, load_task
 from chimed_ray.utils.files import InputError
+
+if TYPE_CHECKING:
+    from chimed_ray.evaluation.distributed import EvalPlan
 
 Answerer = Callable[[list[EvalRequest]], list[EvalResponse]]
 
@@ -70,20 +73,40 @@ def resolve_checkpoint(checkpoint: CheckpointConfig, output_dir: Path, seed: int
     return target
 
 
-def checkpoint_answerer(config: EvalConfig, path: Path, name: str) -> Answerer:
-    """In-process or Ray Data answering for one checkpoint, as `scale.num_actors` says."""
+def choose_plan(scale: EvalScaleConfig) -> "EvalPlan":
+    """Decide the path once per run; joins (or starts) Ray only when the plan may need it."""
     from chimed_ray.evaluation import distributed
 
-    scale = config.scale
-    common = {
-        "model_path": str(path), "precision": scale.resolved_precision(),
-        "max_prompt_length": config.generation.max_prompt_length, "batch_size": scale.batch_size,
-        "progress_bar": scale.progress_bar, "description": name,
-    }
     if scale.num_actors == 0:
+        return distributed.plan_for(scale, None)
+    if scale.num_actors == "auto" and not _ray_reachable():
+        local = distributed.local_shape()
+        if not local.gpus:  # one machine, no GPUs: the loop, without starting Ray at all
+            return distributed.plan_for(scale, local)
+    _start_ray()
+    plan = distributed.plan_for(scale, distributed.ray_cluster_shape())
+    if plan.num_actors:
+        distributed.check_actor_resources(plan.num_actors, plan.cpus_per_actor, plan.gpus_per_actor)
+    return plan
+
+
+def checkpoint_answerer(config: EvalConfig, plan: "EvalPlan", path: Path, name: str) -> Answerer:
+    """Answering for one checkpoint on the path `plan` says (loop or Ray Data pool)."""
+    from chimed_ray.evaluation import distributed
+
+    common = {
+        "model_path": str(path), "precision": plan.precision,
+        "max_prompt_length": config.generation.max_prompt_length, "batch_size": config.scale.batch_size,
+        "progress_bar": config.scale.progress_bar, "description": name,
+    }
+    if not plan.num_actors:
         return partial(distributed.run_local, **common)
-    return partial(distributed.run_on_ray, num_actors=scale.num_actors, cpus_per_actor=scale.cpus_per_actor,
-                   gpus_per_actor=scale.gpus_per_actor, **common)
+
+    def answer(requests: list[EvalRequest]) -> list[EvalResponse]:
+        return distributed.run_on_ray(requests, num_actors=plan.num_actors, cpus_per_actor=plan.cpus_per_actor,
+                                      gpus_per_actor=plan.gpus_per_actor, **common).responses
+
+    return answer
 
 
 def endpoint_answerer(config: EvalConfig) -> Answerer:
@@ -102,14 +125,17 @@ def endpoint_answerer(config: EvalConfig) -> Answerer:
     return answer
 
 
-def _start_ray(config: EvalConfig) -> None:
+def _ray_reachable() -> bool:
     import ray
 
-    from chimed_ray.evaluation.distributed import check_actor_resources
+    return ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _start_ray() -> None:
+    import ray
 
     if not ray.is_initialized():
-        ray.init()  # joins the cluster under `ray job submit`, else starts a local one
-    check_actor_resources(config.scale.num_actors, config.scale.cpus_per_actor, config.scale.gpus_per_actor)
+        ray.init(address=os.environ.get("RAY_ADDRESS"))  # the job's cluster, else a local one
 
 
 def public_config(config: EvalConfig) -> dict[str, Any]:
@@ -128,13 +154,13 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     options = TaskOptions(config.files, config.few_shot, config.few_shot_files, config.scales_file,
                           config.max_items, config.generation.max_new_tokens)
     tasks = [load_task(name, options) for name in config.tasks]
-    if config.checkpoints and config.scale.num_actors > 0:
-        _start_ray(config)
+    paths = {c.name: resolve_checkpoint(c, output_dir, config.seed) for c in config.checkpoints}
+    plan = choose_plan(config.scale) if config.checkpoints else None
     models: dict[str, Any] = {}
     for checkpoint in config.checkpoints:
-        path = resolve_checkpoint(checkpoint, output_dir, config.seed)
-        models[checkpoint.name] = {"backend": "hf", "source": str(path), **evaluate_model(
-            checkpoint.name, tasks, checkpoint_answerer(config, path, checkpoint.name), output_dir)}
+        path = paths[checkpoint.name]
+        models[checkpoint.name] = {"backend": "hf", "source": str(path), "path": plan.describe(), **evaluate_model(
+            checkpoint.name, tasks, checkpoint_answerer(config, plan, path, checkpoint.name), output_dir)}
     if config.endpoint.enabled:
         runnable = [task for task in tasks if not task.needs_logprobs]
         result = evaluate_model(config.endpoint.name, runnable, endpoint_answerer(config), output_dir)
@@ -146,7 +172,25 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         "models": models,
     }
     report["files"] = {key: str(path) for key, path in write_report(report, output_dir, config.plots).items()}
+    log_scores(config, models, [Path(path) for path in report["files"].values()])
     return report
+
+
+def log_scores(config: EvalConfig, models: dict[str, Any], report_files: list[Path]) -> None:
+    """Every model's numeric scores as `<model>/<task>/<metric>` at step 0, through the tracker
+    (`metrics.jsonl`, and MLflow / W&B when configured); the report files as MLflow artifacts."""
+    from chimed_ray.utils.tracking import RunTracker
+
+    tracker = RunTracker(config.output_dir, 0, tensorboard=False, progress_bar=False, description="eval",
+                         tracking=config.logging, run_config=public_config(config))
+    for name, model in models.items():
+        scores = {f"{name}/{task}/{metric}": value for task, result in model["tasks"].items()
+                  for metric, value in result["metrics"].items()
+                  if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        tracker.log(0, {**scores, f"{name}/items_per_second": model["items_per_second"] or 0.0})
+    for path in report_files:
+        tracker.log_artifacts(path, "report")
+    tracker.close()
 
 
 def main(argv: Sequence[str]) -> int:

@@ -15,6 +15,7 @@ from chimed_ray.trainers.checkpoints import HF_DIR
 from chimed_ray.trainers.loop import train_loop_per_worker
 from chimed_ray.trainers.task import load_task
 from chimed_ray.utils.files import absolute_path, atomic_directory
+from chimed_ray.utils.tracking import attach_artifacts
 
 
 def ensure_ray() -> None:
@@ -119,6 +120,7 @@ def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
     final = Path(config.output_dir) / "final"
     with result.checkpoint.as_directory() as directory, atomic_directory(final) as tmp:
         shutil.copytree(Path(directory) / HF_DIR, tmp, dirs_exist_ok=True)
+    attach_artifacts(config.output_dir, final, config.logging)  # the rank-0 worker's MLflow run, when asked
     _plot(task_name, config)
     print(f"[chimed-ray {task_name}] final checkpoint: {final}", flush=True)
     return final

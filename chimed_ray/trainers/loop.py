@@ -115,7 +115,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = RunTracker(
         config.output_dir, total_steps, state.step, active=rank == 0,
         tensorboard=config.logging.tensorboard, progress_bar=config.logging.progress_bar,
-        description=loop_config["task"],
+        description=loop_config["task"], tracking=config.logging, run_config=loop_config["config"],
+        run_name=config.run_name,
     )
     engine.train()  # from_pretrained returns eval mode; dropout must be on from the first step
     _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device)

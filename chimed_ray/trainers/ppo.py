@@ -30,7 +30,7 @@ from chimed_ray.algorithms import (
     truncated_answers,
     token_level_rewards,
 )
-from chimed_ray.config import dump_config
+from chimed_ray.config import dump_config, to_dict
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
 from chimed_ray.distributed.group import WorkerDiedError, gather
@@ -85,7 +85,8 @@ def run_ppo(config: PPOConfig) -> Path:
             sync_weights(groups.policy, groups.rollout)  # the engine starts from the (restored) policy
         order = PromptOrder(len(prompts), config.optim.seed)
         tracker = RunTracker(output, config.total_steps, state.step, tensorboard=config.logging.tensorboard,
-                             progress_bar=config.logging.progress_bar, description="ppo")
+                             progress_bar=config.logging.progress_bar, description="ppo", tracking=config.logging,
+                             run_config=to_dict(config), run_name=config.run_name)
         generator = groups.rollout or groups.policy
         for step in range(state.step + 1, config.total_steps + 1):
             timer, step_started = PhaseTimer(), time.perf_counter()
@@ -158,8 +159,10 @@ def run_ppo(config: PPOConfig) -> Path:
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
             if step == config.fault.kill_at_step:
                 groups.kill(config.fault.role, config.fault.rank)
+        final = save_final(groups, output)
+        tracker.log_artifacts(final)
         tracker.close()
-        return save_final(groups, output)
+        return final
     except ray.exceptions.RayActorError as exc:
         raise worker_died(groups, exc, output) from None
     finally:

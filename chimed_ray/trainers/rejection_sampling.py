@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from chimed_ray.config import dump_config
+from chimed_ray.config import dump_config, to_dict
 from chimed_ray.config.rlhf import RejectionSamplingConfig
 from chimed_ray.rollout.base import SamplingParams
 from chimed_ray.utils.files import InputError, atomic_directory, atomic_write_text
@@ -46,7 +46,8 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
     prompts = load_prompts(config.data, tokenizer, config.sampling.max_prompt_length, config.max_prompts)
     ensure_ray()
     checkpoint = absolute_path(config.model.path) or str(save_initial_model(config, tokenizer, output / "initial"))
-    tracker = RunTracker(output, config.rounds, 0, progress_bar=False, description="rejection-sampling")
+    tracker = RunTracker(output, config.rounds, 0, progress_bar=False, description="rejection-sampling",
+                         tracking=config.sft.logging, run_config=to_dict(config), run_name=config.run_name)
     for round_index in range(1, config.rounds + 1):
         started = time.perf_counter()
         # 1-2. K answers per prompt from the current model, each scored.
@@ -75,10 +76,11 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
         tracker.log(round_index, metrics)
         print(f"[chimed-ray rejection-sampling] round {round_index}: " + ", ".join(
             f"{key} {value:.4g}" for key, value in metrics.items() if key.startswith(("reward", "final"))), flush=True)
-    tracker.close()
     final = output / "final"
     with atomic_directory(final) as tmp:
         shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+    tracker.log_artifacts(final)
+    tracker.close()
     return final
 
 

@@ -1,16 +1,36 @@
-"""Run tracking on rank 0: progress bar, TensorBoard, a JSONL metrics log and a PNG loss curve."""
+"""Run tracking on rank 0: the one place metrics are logged.
+
+`RunTracker.log` writes each step to `<output_dir>/metrics.jsonl` (the record every other view is
+checked against) and hands it to the configured backends (`tracking_backends.py`): TensorBoard,
+MLflow and W&B through Ray's integrations. The backends' run ids go to `<output_dir>/tracking.json`,
+so a resumed run continues the same runs and a driver can attach the final checkpoint afterwards.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from chimed_ray.utils.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from chimed_ray.config.common import TrackingConfig
+    from chimed_ray.utils.tracking_backends import MetricsBackend
+
+TRACKING_FILE = "tracking.json"
 
 
 class RunTracker:
-    """Writes every logged step to `<output_dir>/metrics.jsonl` and TensorBoard, and shows a
-    tqdm bar with the latest loss and tokens/s. Inactive (a no-op) on ranks other than 0."""
+    """Writes every logged step to `metrics.jsonl` and the configured backends, and shows a tqdm
+    bar with the latest loss and tokens/s. Inactive (a no-op) on ranks other than 0.
+
+    Args:
+        tracking: the `logging` section's `mlflow` / `wandb` settings (None: neither).
+        run_config: logged once as the MLflow params / W&B config of a new run.
+        run_name: the MLflow / W&B run name (default: `description`).
+    """
 
     def __init__(
         self,
@@ -21,34 +41,57 @@ class RunTracker:
         tensorboard: bool = True,
         progress_bar: bool = True,
         description: str = "train",
+        tracking: TrackingConfig | None = None,
+        run_config: dict[str, Any] | None = None,
+        run_name: str = "",
     ) -> None:
         self.active = active
         self.output_dir = Path(output_dir)
-        self._writer = None
+        self._backends: list[MetricsBackend] = []
         self._bar = None
         if not active:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from chimed_ray.utils.tracking_backends import TensorBoardBackend
 
-            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+            self._backends.append(TensorBoardBackend(self.output_dir))
+        if tracking is not None:
+            self._open_tracking(tracking, run_name or description, run_config or {}, resume=initial_step > 0)
         if progress_bar:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=initial_step, desc=description, dynamic_ncols=True)
 
+    def _open_tracking(self, tracking: TrackingConfig, run_name: str, run_config: dict[str, Any], resume: bool) -> None:
+        from chimed_ray.utils import tracking_backends as backends
+
+        previous = read_run_info(self.output_dir) if resume else {}
+        info: dict[str, Any] = {}
+        if tracking.mlflow.enabled:
+            mlflow = backends.MLflowBackend(tracking.mlflow, run_name, run_config,
+                                            previous.get("mlflow", {}).get("run_id", ""))
+            self._backends.append(mlflow)
+            info["mlflow"] = mlflow.run_info()
+        if tracking.wandb.enabled:
+            wandb = backends.WandbBackend(tracking.wandb, self.output_dir, run_name, run_config,
+                                          previous.get("wandb", {}).get("run_id", ""))
+            self._backends.append(wandb)
+            info["wandb"] = wandb.run_info()
+        if info:
+            atomic_write_json(self.output_dir / TRACKING_FILE, info)
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record `metrics` for `step` and move the progress bar to `step`."""
         if not self.active:
             return
-        record = {"step": step, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        values = {k: float(v) for k, v in metrics.items()}
+        record = {"step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        if self._writer is not None:
-            for key, value in metrics.items():
-                self._writer.add_scalar(key, value, step)
+        for backend in self._backends:
+            backend.log(step, values)
         if self._bar is not None:
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
@@ -56,14 +99,38 @@ class RunTracker:
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
 
+    def log_artifacts(self, directory: str | Path, name: str = "final") -> None:
+        """Upload `directory` (a final checkpoint) or a file (a report) under `name`, where the
+        config asks for it (MLflow `log_artifacts`)."""
+        if self.active:
+            for backend in self._backends:
+                backend.log_artifacts(Path(directory), name)
+
     def close(self) -> None:
         if not self.active:
             return
         if self._bar is not None:
             self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        for backend in self._backends:
+            backend.close()
         self._jsonl.close()
+
+
+def read_run_info(output_dir: str | Path) -> dict[str, Any]:
+    """The MLflow / W&B run ids a tracker wrote under `output_dir` (empty when none)."""
+    path = Path(output_dir) / TRACKING_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def attach_artifacts(output_dir: str | Path, directory: str | Path, tracking: TrackingConfig,
+                     name: str = "final") -> None:
+    """Upload `directory` into the MLflow run a (now finished) tracker opened under `output_dir`:
+    how a Ray Train driver adds the final checkpoint its rank-0 worker's run did not have yet."""
+    if tracking.mlflow.enabled and tracking.mlflow.log_artifacts:
+        from chimed_ray.utils.tracking_backends import attach_mlflow_artifacts
+
+        run_id = read_run_info(output_dir).get("mlflow", {}).get("run_id", "")
+        attach_mlflow_artifacts(tracking.mlflow, run_id, Path(directory), name)
 
 
 _SHOWN = {"train/loss", "train/tokens_per_s", "eval/loss", "train/accuracy", "reward/mean", "train/lr"}

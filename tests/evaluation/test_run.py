@@ -99,14 +99,35 @@ def test_cli_runs_tiny_config(tmp_path, capsys, tiny_checkpoint):
         ("checkpoints=[]", "checkpoints: give at least one checkpoint or an endpoint.base_url"),
         ("checkpoints=[{name: a}, {name: a}]", "model names must be unique"),
         ("files={cmmlu: [x.csv]}", "files.cmmlu: unknown task"),
-        ("scale.gpus_per_actor=1", "scale.gpus_per_actor: GPUs are only used by Ray actors"),
-        ("scale.precision=bf16", "scale.precision: bf16 needs gpus_per_actor > 0"),
+        ("scale.num_actors=0  scale.gpus_per_actor=1", "scale.gpus_per_actor: GPUs are only used by Ray actors"),
+        ("scale.num_actors=2  scale.precision=bf16", "scale.precision: bf16 needs gpus_per_actor > 0"),
+        ("scale.num_actors=many", "scale.num_actors: expected int or 'auto', got 'many'"),
+        ("scale.num_actors=-1", "scale.num_actors: expected auto, 0 (single-process loop) or the size"),
+        ("scale.cpus_per_actor=0", "scale.cpus_per_actor: must be positive, got 0.0"),
+        ("logging.mlflow.tracking_uri=mlruns", "logging.mlflow.tracking_uri: expected file:///dir"),
+        ("logging.wandb.mode=online?", "logging.wandb.mode: expected one of"),
         ("endpoint.base_url=localhost:8000", "endpoint.base_url: expected an http(s) URL"),
     ],
 )
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(EvalConfig, CONFIGS / "tiny.yaml", [override])
+        load_config(EvalConfig, CONFIGS / "tiny.yaml", override.split("  "))
+
+
+def test_scores_reach_mlflow_as_in_the_report(tiny_checkpoint, tmp_path, monkeypatch, tracked_runs):
+    config = _config(tmp_path, [f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "tasks=[mcq, cami]",
+                                "max_items=2", "scale.progress_bar=false", "plots=false",
+                                f"logging.mlflow.tracking_uri=file://{tmp_path}/mlruns", "logging.mlflow.log_artifacts=true"])
+    report = run_evaluation(config)
+    assert report["models"]["tiny"]["path"].startswith("single-process loop (auto")
+    from chimed_ray.utils.tracking import read_run_info
+
+    run = read_run_info(tmp_path)["mlflow"]
+    logged = tracked_runs.mlflow(run["tracking_uri"], run["run_id"])[0]
+    assert logged == tracked_runs.jsonl(tmp_path)[0]
+    for task in ("mcq", "cami"):
+        for metric, value in report["models"]["tiny"]["tasks"][task]["metrics"].items():
+            assert logged[f"tiny/{task}/{metric}"] == pytest.approx(value)
 
 
 def test_missing_file_and_checkpoint_are_named(tmp_path, eval_files):
