@@ -58,9 +58,9 @@ def plan(pipeline: PipelineConfig) -> list[Step]:
         "sft": Step("sft", _load("sft", SFTConfig, pipeline, [f"output_dir={out['sft']}", f"model.path={final['pretrain']}", f"resume={resume}"]), _train("sft"), out["sft"]),
         "reward": Step("reward", _load("reward", RewardConfig, pipeline, [f"output_dir={out['reward']}", f"model.path={final['sft']}", f"resume={resume}"]), _reward, out["reward"]),
     }
-    rlhf_wiring = [f"output_dir={out[pipeline.rlhf]}", f"model.path={final['sft']}", f"reward.path={final['reward']}", "reward.function="]
+    rlhf_wiring = [f"output_dir={out[pipeline.rlhf]}", f"model.path={final['sft']}", f"reward.path={final['reward']}", "reward.function=", f"resume={resume}"]
     if pipeline.rlhf == "ppo":
-        steps["rlhf"] = Step("rlhf", _load("ppo", PPOConfig, pipeline, rlhf_wiring + [f"resume={resume}"]), _ppo, out["ppo"])
+        steps["rlhf"] = Step("rlhf", _load("ppo", PPOConfig, pipeline, rlhf_wiring), _ppo, out["ppo"])
     else:
         steps["rlhf"] = Step("rlhf", _load("rejection_sampling", RejectionSamplingConfig, pipeline, rlhf_wiring), _rejection_sampling, out["rejection_sampling"])
     checkpoints = [{"name": "base", "path": str(final["pretrain"])}, {"name": "sft", "path": str(final["sft"])}, {"name": "rlhf", "path": str(final[pipeline.rlhf])}]
@@ -113,29 +113,36 @@ def _eval(config: Any) -> dict:
 
 
 def _serve(config: Any, pipeline: PipelineConfig) -> str:
-    """Serve the final checkpoint, send one question through the OpenAI API, print the answer."""
+    """Serve the final checkpoint, send one question through the OpenAI API, print the answer.
+    The server is shut down however the question ends (unless `serve.keep_alive` asks otherwise)."""
+    import os
+
     from openai import OpenAI
 
     from chimed_ray.serving.app import shutdown_server, start_server
 
     url = start_server(config)
-    model = config.models[0].served_name()
-    client = OpenAI(base_url=url, api_key=config.http.api_key or "none")
-    reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": pipeline.serve.question}],
-        max_tokens=pipeline.serve.max_tokens, temperature=0.0,
-    )
-    print(f"[chimed-ray pipeline] endpoint: {url} (model {model})", flush=True)
-    print(f"[chimed-ray pipeline] question: {pipeline.serve.question}", flush=True)
-    print(f"[chimed-ray pipeline] answer:   {reply.choices[0].message.content}", flush=True)
-    if pipeline.serve.keep_alive:
-        print("[chimed-ray pipeline] serving; press Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    shutdown_server(config.http.app_name)
+    try:
+        model = config.models[0].served_name()
+        # The key the app was built with (`serving/app.py`): http.api_key, else $<http.api_key_env>.
+        api_key = config.http.api_key or os.environ.get(config.http.api_key_env, "") or "none"
+        client = OpenAI(base_url=url, api_key=api_key)
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": pipeline.serve.question}],
+            max_tokens=pipeline.serve.max_tokens, temperature=0.0,
+        )
+        print(f"[chimed-ray pipeline] endpoint: {url} (model {model})", flush=True)
+        print(f"[chimed-ray pipeline] question: {pipeline.serve.question}", flush=True)
+        print(f"[chimed-ray pipeline] answer:   {reply.choices[0].message.content}", flush=True)
+        if pipeline.serve.keep_alive:
+            print("[chimed-ray pipeline] serving; press Ctrl-C to stop", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        shutdown_server(config.http.app_name)
     return url
 
 
