@@ -16,14 +16,16 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _config_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "configs", REPO_CONFIGS]
-    unique = {d.resolve(): d for d in dirs if d.is_dir()}
+    unique: dict[Path, Path] = {}
+    for directory in (Path.cwd() / "configs", REPO_CONFIGS):  # as the user names them first
+        if directory.is_dir():
+            unique.setdefault(directory.resolve(), directory)
     return list(unique.values())
 
 
 def _shown(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 

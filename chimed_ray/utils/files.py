@@ -141,7 +141,8 @@ def read_utf8(path: str | Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        fix = "it looks like GBK: convert it with `iconv -f GBK -t UTF-8`" if _decodes(raw, "gbk") else "save it as UTF-8"
+        bad_line = raw[raw.rfind(b"\n", 0, exc.start) + 1 : (raw.find(b"\n", exc.start) + 1 or len(raw))]
+        fix = "it looks like GBK: convert it with `iconv -f GBK -t UTF-8`" if _decodes(bad_line, "gbk") else "save it as UTF-8"
         raise InputError(
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); {fix}"
         ) from None
