@@ -9,6 +9,7 @@ A pointer such as PPO's `latest` is written only after the directory it names is
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -67,10 +68,14 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 def fsync_directory(directory: str | Path) -> None:
-    """Make the entries of `directory` (names created, renamed or removed) durable."""
+    """Make the entries of `directory` (names created, renamed or removed) durable. File systems
+    that cannot fsync a directory (some FUSE and network mounts say EINVAL) are left as they are."""
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
