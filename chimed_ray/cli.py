@@ -23,6 +23,7 @@ STAGES = {
     "eval": ("chimed_ray.evaluation.run", "MCQ, NER, QA/dialogue and bias-scale evaluation"),
     "serve": ("chimed_ray.serving.run", "OpenAI-compatible Ray Serve app for checkpoints"),
     "pipeline": ("chimed_ray.pipeline", "PT -> SFT -> RM -> RLHF -> eval -> serve"),
+    "plan": ("chimed_ray.planning.command", "memory plan of a stage config: per role, per GPU, fits or not"),
 }
 
 

@@ -1,6 +1,6 @@
 """`chimed-ray pipeline --config configs/pipeline/tiny.yaml`: ChiMed-GPT end to end.
 
-pretrain -> SFT -> reward model -> RLHF (rejection sampling or PPO) -> evaluation (base vs SFT vs
+pretrain -> SFT -> reward model -> RLHF (rejection sampling, PPO, or PPO on OpenRLHF) -> evaluation (base vs SFT vs
 RLHF) -> serve the final checkpoint. Every stage config is loaded and validated before the first
 stage starts; each stage reads the previous stage's `final/` checkpoint.
 """
@@ -59,8 +59,16 @@ def plan(pipeline: PipelineConfig) -> list[Step]:
         "reward": Step("reward", _load("reward", RewardConfig, pipeline, [f"output_dir={out['reward']}", f"model.path={final['sft']}", f"resume={resume}"]), _reward, out["reward"]),
     }
     rlhf_wiring = [f"output_dir={out[pipeline.rlhf]}", f"model.path={final['sft']}", f"reward.path={final['reward']}", "reward.function=", f"resume={resume}"]
-    if pipeline.rlhf == "ppo":
-        steps["rlhf"] = Step("rlhf", _load("ppo", PPOConfig, pipeline, rlhf_wiring), _ppo, out["ppo"])
+    if pipeline.rlhf in ("ppo", "openrlhf_ppo"):
+        # openrlhf_ppo: the same PPO config (configs.ppo, overrides.ppo) run by OpenRLHF on GPUs.
+        engine = ["engine=openrlhf"] if pipeline.rlhf == "openrlhf_ppo" else []
+        config = _load("ppo", PPOConfig, pipeline, rlhf_wiring + engine)
+        if config.engine == "openrlhf":
+            from chimed_ray.integrations.openrlhf.flags import translate
+            from chimed_ray.integrations.openrlhf.stage import handover_paths
+
+            translate(config, handover_paths(config.output_dir))  # refuse now, not after hours of SFT
+        steps["rlhf"] = Step("rlhf", config, _ppo, out[pipeline.rlhf])
     else:
         steps["rlhf"] = Step("rlhf", _load("rejection_sampling", RejectionSamplingConfig, pipeline, rlhf_wiring), _rejection_sampling, out["rejection_sampling"])
     checkpoints = [{"name": "base", "path": str(final["pretrain"])}, {"name": "sft", "path": str(final["sft"])}, {"name": "rlhf", "path": str(final[pipeline.rlhf])}]
@@ -92,6 +100,10 @@ def _reward(config: Any) -> Path:
 
 
 def _ppo(config: Any) -> Path:
+    if config.engine == "openrlhf":
+        from chimed_ray.integrations.openrlhf import run_openrlhf_ppo
+
+        return run_openrlhf_ppo(config)
     from chimed_ray.trainers.ppo import run_ppo
 
     return run_ppo(config)

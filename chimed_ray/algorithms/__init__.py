@@ -5,10 +5,12 @@ from chimed_ray.algorithms.advantages import (
     AdvantageInputs,
     compute_advantages,
     estimator_needs_critic,
+    estimator_needs_groups,
     gae,
     grpo,
     register_advantage_estimator,
     reinforce_pp,
+    reinforce_pp_baseline,
     rloo,
 )
 from chimed_ray.algorithms.kl import (
@@ -26,6 +28,7 @@ from chimed_ray.algorithms.masks import (
     masked_var,
     masked_whiten,
     response_mask_from_eos,
+    truncated_answers,
     zero_masked,
 )
 from chimed_ray.algorithms.policy_losses import (
@@ -33,11 +36,13 @@ from chimed_ray.algorithms.policy_losses import (
     POLICY_LOSSES,
     agg_loss,
     entropy_bonus,
+    kl_loss,
     ppo_clip,
     register_policy_loss,
     value_loss,
 )
 from chimed_ray.algorithms.preference_losses import (
+    LENGTH_NORMALISED_LOSSES,
     PREFERENCE_LOSSES,
     dpo,
     ipo,
@@ -54,6 +59,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "KL_ESTIMATORS",
+    "LENGTH_NORMALISED_LOSSES",
     "POLICY_LOSSES",
     "PREFERENCE_LOSSES",
     "AdaptiveKLController",
@@ -67,9 +73,11 @@ __all__ = [
     "entropy_bonus",
     "entropy_from_logits",
     "estimator_needs_critic",
+    "estimator_needs_groups",
     "gae",
     "grpo",
     "ipo",
+    "kl_loss",
     "kl_penalty",
     "last_token_index",
     "logprobs_from_logits",
@@ -85,10 +93,12 @@ __all__ = [
     "register_policy_loss",
     "register_preference_loss",
     "reinforce_pp",
+    "reinforce_pp_baseline",
     "response_mask_from_eos",
     "rloo",
     "simpo",
     "token_level_rewards",
+    "truncated_answers",
     "value_loss",
     "zero_masked",
 ]

@@ -4,6 +4,12 @@
 * `grpo`: outcome reward normalised within each prompt's group of samples (Shao et al. 2024).
 * `rloo`: REINFORCE with a leave-one-out baseline within each group (Ahmadian et al. 2024).
 * `reinforce_pp`: REINFORCE++, discounted token rewards whitened over the batch (Hu 2025).
+* `reinforce_pp_baseline`: REINFORCE++ after subtracting each group's mean score (OpenRLHF's
+  `reinforce_baseline`).
+
+Which estimators whiten over the batch follows verl (`core_algos.py`) and OpenRLHF
+(`experience_maker.compute_advantages_and_returns`): GAE and the REINFORCE++ family are whitened;
+GRPO and RLOO are normalised within their groups and never whitened again.
 
 Add an estimator with `@register_advantage_estimator("name")` on a function taking an
 `AdvantageInputs` and returning `(advantages [B, T], returns [B, T])`.
@@ -11,7 +17,7 @@ Add an estimator with `@register_advantage_estimator("name")` on a function taki
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -19,11 +25,13 @@ from torch import Tensor
 
 from chimed_ray.algorithms.masks import masked_whiten, zero_masked
 from chimed_ray.algorithms.registry import Registry
+from chimed_ray.algorithms.rewards import last_token_index
 
 AdvantageEstimator = Callable[["AdvantageInputs"], tuple[Tensor, Tensor]]
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 _NEEDS_CRITIC: set[str] = set()
+_NEEDS_GROUPS: set[str] = set()
 
 
 @dataclass
@@ -41,7 +49,8 @@ class AdvantageInputs:
         lam: GAE lambda.
         norm_by_std: `grpo` divides by the group std; False gives Dr. GRPO (mean-centering only).
         epsilon: Added to the group std before dividing.
-        whiten_gae: Whiten `gae` advantages over the batch (verl and OpenRLHF both do).
+        whiten: Whiten `gae` and REINFORCE++ advantages over the batch (verl and OpenRLHF both
+            do). `grpo` and `rloo` ignore it: their group normalisation is the whole story.
     """
 
     token_rewards: Tensor  # [B, T]
@@ -53,7 +62,7 @@ class AdvantageInputs:
     lam: float = 0.95
     norm_by_std: bool = True
     epsilon: float = 1e-6
-    whiten_gae: bool = True
+    whiten: bool = True
 
     def __post_init__(self) -> None:
         shape = tuple(self.token_rewards.shape)
@@ -67,19 +76,22 @@ class AdvantageInputs:
 
 
 def register_advantage_estimator(
-    name: str, needs_critic: bool = False
+    name: str, needs_critic: bool = False, needs_groups: bool = False
 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator adding an estimator to `ADVANTAGE_ESTIMATORS`.
 
     Args:
         name: Name used in configs, e.g. `algorithm.advantage_estimator=grpo`.
         needs_critic: Whether the estimator reads `AdvantageInputs.values`.
+        needs_groups: Whether it compares answers to the same prompt (needs >= 2 samples per prompt).
     """
     register = ADVANTAGE_ESTIMATORS.register(name)
 
     def decorator(function: AdvantageEstimator) -> AdvantageEstimator:
         if needs_critic:
             _NEEDS_CRITIC.add(name)
+        if needs_groups:
+            _NEEDS_GROUPS.add(name)
         return register(function)
 
     return decorator
@@ -100,6 +112,12 @@ def estimator_needs_critic(name: str) -> bool:
     """Whether the estimator `name` needs a critic (value model); only `gae` does."""
     ADVANTAGE_ESTIMATORS.lookup(name)
     return name in _NEEDS_CRITIC
+
+
+def estimator_needs_groups(name: str) -> bool:
+    """Whether the estimator `name` compares several answers to one prompt (grpo, rloo, ...)."""
+    ADVANTAGE_ESTIMATORS.lookup(name)
+    return name in _NEEDS_GROUPS
 
 
 def _float_mask(inputs: AdvantageInputs) -> Tensor:
@@ -137,7 +155,7 @@ def gae(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
         advantages[:, t] = next_advantage
     advantages = advantages * mask
     returns = advantages + values
-    if inputs.whiten_gae:
+    if inputs.whiten:
         advantages = masked_whiten(advantages, mask)
     return advantages, returns
 
@@ -153,10 +171,12 @@ def _group_index(inputs: AdvantageInputs, estimator: str) -> tuple[Tensor, Tenso
     return group_of_sample, counts[group_of_sample], sums[group_of_sample]
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", needs_groups=True)
 def grpo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """Group-relative outcome advantage: (score - group mean) / (group std + epsilon).
 
+    With `norm_by_std=False` it is Dr. GRPO's score - group mean (Liu et al. 2025). Never
+    whitened over the batch (verl's `compute_grpo_outcome_advantage`, OpenRLHF's `group_norm`).
     The std is the unbiased one (as `torch.std`, matching verl). A group of one has no peer to
     compare with, so its advantage is 0. The scalar is broadcast over the response tokens, and
     the returns equal the advantages.
@@ -172,7 +192,7 @@ def grpo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     return advantages, advantages.clone()
 
 
-@register_advantage_estimator("rloo")
+@register_advantage_estimator("rloo", needs_groups=True)
 def rloo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """Leave-one-out advantage: score minus the mean score of the *other* samples in the group.
 
@@ -189,7 +209,8 @@ def rloo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
 
 @register_advantage_estimator("reinforce_pp")
 def reinforce_pp(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
-    """REINFORCE++: discounted returns G_t = r_t + gamma * G_{t+1}, whitened over the whole batch.
+    """REINFORCE++: discounted returns G_t = r_t + gamma * G_{t+1}, whitened over the whole batch
+    (unless `whiten=False`).
 
     `token_rewards` should already carry the per-token KL penalty. As in `gae`, masked positions
     are skipped rather than ending the episode. Returns are the raw discounted returns.
@@ -202,4 +223,20 @@ def reinforce_pp(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
         running = torch.where(mask[:, t] > 0, rewards[:, t] + inputs.gamma * running, running)
         returns[:, t] = running
     returns = returns * mask
-    return masked_whiten(returns, mask), returns
+    return (masked_whiten(returns, mask) if inputs.whiten else returns.clone()), returns
+
+
+@register_advantage_estimator("reinforce_pp_baseline", needs_groups=True)
+def reinforce_pp_baseline(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    """REINFORCE++-baseline: each answer's last-token reward minus its group's mean score, then
+    `reinforce_pp` (OpenRLHF's `reinforce_baseline`). The group mean removes how hard the prompt
+    is; the batch whitening, not a group std, sets the scale, which is steadier than GRPO when a
+    group's scores barely differ.
+    """
+    _, group_size, group_sum = _group_index(inputs, "reinforce_pp_baseline")
+    mask = _float_mask(inputs)  # [B, T]
+    has_tokens = mask.sum(dim=1) > 0  # [B]
+    baseline = torch.where(has_tokens, group_sum / group_size, torch.zeros_like(group_sum))  # [B]
+    last = last_token_index(mask).unsqueeze(1)  # [B, 1]
+    rewards = zero_masked(inputs.token_rewards.float(), mask).scatter_add(1, last, -baseline.unsqueeze(1))
+    return reinforce_pp(replace(inputs, token_rewards=rewards))

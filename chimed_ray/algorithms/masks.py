@@ -122,6 +122,34 @@ def response_mask_from_eos(
     return (~eos_seen_before & ~pad_seen_so_far).long()
 
 
+def truncated_answers(
+    response_ids: Tensor,
+    response_mask: Tensor,
+    eos_token_id: Union[int, Sequence[int]],
+    max_new_tokens: int,
+) -> Tensor:
+    """Which answers the generation limit cut off: `max_new_tokens` tokens and no EOS at the end.
+
+    The padded width of a batch is its longest answer, not the limit, so "the last column is
+    valid" says nothing about truncation; an answer that ends in EOS exactly at the limit was not
+    cut off either.
+
+    Args:
+        response_ids: `[B, T]` generated token ids, without the prompt.
+        response_mask: `[B, T]` 0/1 mask of each answer (up to and including its EOS).
+        eos_token_id: One EOS id or several.
+        max_new_tokens: The generation limit.
+
+    Returns:
+        `[B]` bool.
+    """
+    lengths = (response_mask != 0).sum(dim=1)  # [B]
+    last = (lengths - 1).clamp(min=0).unsqueeze(1)  # [B, 1]
+    last_token = response_ids.gather(1, last).squeeze(1)  # [B]
+    eos_ids = torch.as_tensor(eos_token_id, device=response_ids.device).reshape(-1)
+    return (lengths >= max_new_tokens) & ~torch.isin(last_token, eos_ids)
+
+
 def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """Log-probability of each label under the softmax of `logits`, computed in float32.
 

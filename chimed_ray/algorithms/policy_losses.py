@@ -1,4 +1,5 @@
-"""Policy-gradient losses for PPO-style updates, the clipped value loss and the entropy bonus.
+"""Policy-gradient losses for PPO-style updates, the clipped value loss, the entropy bonus and
+GRPO's KL-to-reference term.
 
 A policy loss takes `(logprobs, old_logprobs, advantages, response_mask)` as `[B, T]` tensors plus
 keyword-only options, and returns `(loss, metrics)`. Register new ones with
@@ -12,6 +13,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
+from chimed_ray.algorithms.kl import kl_penalty
 from chimed_ray.algorithms.masks import masked_mean, masked_sum, zero_masked
 from chimed_ray.algorithms.registry import Registry
 
@@ -153,3 +155,32 @@ def entropy_bonus(
     """
     mean_entropy = agg_loss(entropy, mask, agg_mode)
     return -coef * mean_entropy, mean_entropy.detach()
+
+
+def kl_loss(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    response_mask: Tensor,
+    agg_mode: AggMode = "token_mean",
+) -> tuple[Tensor, Tensor]:
+    """GRPO's KL term for the policy loss: k3 between policy and reference, aggregated like the
+    policy loss (Shao et al. 2024, eq. 3; verl's `use_kl_loss` with `low_var_kl`).
+
+    k3 is non-negative and low-variance. Differentiated as a loss on tokens sampled from pi, its
+    gradient (1 - pi_ref / pi) * grad log pi is, in expectation, the gradient of KL(pi_ref || pi): each
+    token's log-prob is pulled toward the reference's, while the reward stays free of KL. The
+    caller multiplies by its `kl_coef` and adds the result to the loss.
+
+    Args:
+        logprobs: `[B, T]` log-probabilities under the policy being trained (with grad).
+        ref_logprobs: `[B, T]` log-probabilities of the same tokens under the reference.
+        response_mask: `[B, T]` 0/1 mask of tokens that count.
+        agg_mode: See `agg_loss`.
+
+    Returns:
+        `(kl, kl_detached)`: the aggregated k3 and a detached copy for logging.
+    """
+    # Zero both sides on padding first so garbage there yields k3 = 0 (and no NaN gradient).
+    per_token = kl_penalty(zero_masked(logprobs, response_mask), zero_masked(ref_logprobs, response_mask), "k3")
+    kl = agg_loss(per_token, response_mask, agg_mode)
+    return kl, kl.detach()

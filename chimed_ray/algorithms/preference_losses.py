@@ -2,8 +2,9 @@
 
 Offline losses share one signature,
 `fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, **options)`, on `[B]`
-sequence log-probabilities: summed over response tokens for `dpo` and `ipo`, averaged over them for
-the reference-free `simpo` and `orpo` (which ignore the reference arguments; pass None). Each
+sequence log-probabilities: summed over response tokens for `dpo`, averaged over them (policy and
+reference alike) for the losses in `LENGTH_NORMALISED_LOSSES`: `ipo` (as TRL does), and the
+reference-free `simpo` and `orpo` (which ignore the reference arguments; pass None). Each
 returns `(loss, metrics)` with detached batch means `chosen_rewards`, `rejected_rewards`,
 `reward_margin` and `reward_accuracy`.
 """
@@ -20,6 +21,11 @@ from chimed_ray.algorithms.registry import Registry
 
 PREFERENCE_LOSSES = Registry("preference loss")
 register_preference_loss = PREFERENCE_LOSSES.register
+
+# Losses whose sequence log-probabilities are averaged over the answer's tokens, not summed. IPO's
+# target gap 1 / (2 beta) is on a per-token scale: TRL's DPOTrainer divides IPO's summed log-probs
+# (policy and reference) by the answer length, and so do we.
+LENGTH_NORMALISED_LOSSES = frozenset({"ipo", "simpo", "orpo"})
 
 
 def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
@@ -108,7 +114,9 @@ def ipo(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """IPO (Azar et al. 2023, eq. 17): (h - 1 / (2 beta))^2, regressing the log-ratio gap to a target.
 
-    Unlike DPO the loss stops pushing once the gap reaches 1 / (2 beta), which resists overfitting
+    All four log-probabilities are averaged over their answer's tokens (see
+    `LENGTH_NORMALISED_LOSSES`), so h is a per-token gap and 1 / (2 beta) does not favour long
+    answers. Unlike DPO the loss stops pushing once the gap reaches 1 / (2 beta), which resists overfitting
     on near-deterministic preferences. Implicit rewards are beta * log(pi / pi_ref).
     """
     chosen_logratio, rejected_logratio = _reference_logratios(

@@ -151,6 +151,8 @@ class ScaleConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     max_failures: int = 0
     check_cluster: bool = True
+    gpu_memory_gb: float = 80.0  # per GPU, for the memory plan (`chimed-ray plan`)
+    memory_check: bool = True  # refuse, before any actor starts, a config the memory plan says cannot fit
 
     def validate(self) -> None:
         check(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
@@ -173,6 +175,7 @@ class ScaleConfig:
             f"{self.precision} needs use_gpu=true; CPU training runs in fp32",
         )
         check(self.max_failures >= -1, "max_failures", "must be >= -1 (-1 retries forever)")
+        check(self.gpu_memory_gb > 0, "gpu_memory_gb", f"must be positive, got {self.gpu_memory_gb}")
 
     def resolved_precision(self) -> str:
         """bf16 on GPU and fp32 on CPU unless set explicitly."""

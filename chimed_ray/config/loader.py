@@ -125,6 +125,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A field named after a Python keyword (`async_`) is written without the underscore in YAML.
+    data = {(f"{key}_" if f"{key}_" in fields and key not in fields else key): value for key, value in data.items()}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

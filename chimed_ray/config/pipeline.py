@@ -42,7 +42,7 @@ class PipelineConfig:
 
     output_dir: str = "outputs/pipeline"
     force: bool = False
-    rlhf: Literal["rejection_sampling", "ppo"] = "rejection_sampling"
+    rlhf: Literal["rejection_sampling", "ppo", "openrlhf_ppo"] = "rejection_sampling"  # openrlhf_ppo: PPO on OpenRLHF (GPUs)
     stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
     configs: StageFiles = field(default_factory=StageFiles)
     overrides: dict[str, list[str]] = field(default_factory=dict)

@@ -8,7 +8,7 @@ over workers, colocated roles must fit in one bundle, and exactly one reward sou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from chimed_ray.config.common import DataConfig, LoggingConfig, ModelConfig, OptimConfig, ScaleConfig
 from chimed_ray.config.loader import check
@@ -80,11 +80,27 @@ class RolloutConfig(SamplingConfig):
     prompts_per_step: int = 8
     samples_per_prompt: int = 1
     vllm_gpu_memory_utilization: float = 0.5
+    # Prompts per generate call on each rank (0: the rank's whole shard at once); bounds KV cache.
+    generation_batch_size: int = 0
+    # Rows per no-grad forward when scoring (log-probs, values, rewards); 0: optim.micro_batch_size.
+    forward_batch_size: int = 0
+    # How a separate engine receives the policy's weights: a torch.distributed group (gloo on CPU,
+    # NCCL on GPU) in buckets of `sync_bucket_mb`, or Ray's object store (the fallback).
+    weight_sync: Literal["collective", "object_store"] = "collective"
+    sync_bucket_mb: int = 256
+    lora_sync: Literal["merged", "adapter"] = "merged"  # a LoRA policy sends merged weights or adapters only
+    # One-step off-policy: the engine generates step t+1's batch while the policy trains on step t.
+    async_: bool = False
 
     def validate(self) -> None:
         super().validate()
         check(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
+        check(self.generation_batch_size >= 0, "generation_batch_size", "must be >= 0 (0: the whole shard)")
+        check(self.forward_batch_size >= 0, "forward_batch_size", "must be >= 0 (0: optim.micro_batch_size)")
+        check(self.sync_bucket_mb >= 1, "sync_bucket_mb", f"must be >= 1, got {self.sync_bucket_mb}")
+        check(not self.async_ or self.separate_engine, "async",
+              "pipelined rollout needs a separate engine; set rollout.separate_engine=true")
         check(self.engine == "hf" or self.separate_engine, "separate_engine",
               "the vllm engine runs as its own group; set rollout.separate_engine=true")
 
@@ -101,7 +117,7 @@ class AlgorithmConfig:
     advantage_estimator: str = "gae"
     gamma: float = 1.0
     lam: float = 0.95
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # gae and reinforce_pp*: whiten over the batch; grpo/rloo never are
     kl_coef: float = 0.05
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
     kl_target: float = 0.0  # > 0 turns on the adaptive controller
@@ -113,6 +129,9 @@ class AlgorithmConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 8  # responses per optimizer step, over all workers
     agg_mode: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    kl_in_loss: bool = False  # GRPO style: k3 KL to the reference in the policy loss, not in the reward
+    dual_clip: float = 0.0  # > 1 turns on dual-clip PPO (Ye et al. 2020) with this c; 0 disables
+    norm_by_std: bool = True  # GRPO divides by the group's std; false is Dr. GRPO
 
     def validate(self) -> None:
         from chimed_ray.algorithms import ADVANTAGE_ESTIMATORS
@@ -129,12 +148,21 @@ class AlgorithmConfig:
         check(self.value_clip >= 0, "value_clip", "must be >= 0 (0 disables value clipping)")
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")
         check(self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1")
+        check(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip", f"must be 0 (off) or > 1, got {self.dual_clip}")
+        check(not (self.kl_in_loss and self.kl_target), "kl_target",
+              "the adaptive controller steers a KL penalty in the reward; kl_in_loss uses the fixed kl_coef")
 
     @property
     def needs_critic(self) -> bool:
         from chimed_ray.algorithms import estimator_needs_critic
 
         return estimator_needs_critic(self.advantage_estimator)
+
+    @property
+    def needs_groups(self) -> bool:
+        from chimed_ray.algorithms import estimator_needs_groups
+
+        return estimator_needs_groups(self.advantage_estimator)
 
 
 @dataclass
@@ -167,11 +195,21 @@ class PPOScaleConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Colocated roles take turns on a device: idle models and optimizer states leave it between
+    # generate, score and train. None: true with placement=colocate, false with split.
+    offload_idle: Optional[bool] = None
+    gpu_memory_gb: float = 80.0  # per GPU, for the memory plan (`chimed-ray plan`)
+    memory_check: bool = True  # refuse, before any actor starts, a config the memory plan says cannot fit
     policy: GroupScale = field(default_factory=GroupScale)
     critic: GroupScale = field(default_factory=GroupScale)
     reference: GroupScale = field(default_factory=GroupScale)
     reward: GroupScale = field(default_factory=GroupScale)
     rollout: GroupScale = field(default_factory=lambda: GroupScale(num_workers=0))
+
+    @property
+    def offload_idle_models(self) -> bool:
+        """Whether idle models leave the device between phases (see `offload_idle`)."""
+        return self.placement == "colocate" if self.offload_idle is None else self.offload_idle
 
     def validate(self) -> None:
         self.deepspeed_scale(self.policy).validate()
@@ -193,6 +231,7 @@ class PPOScaleConfig:
             num_workers=max(group.num_workers, 1), use_gpu=self.use_gpu, cpus_per_worker=group.cpus_per_worker,
             gpus_per_worker=group.gpus_per_worker, zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
             offload_params=self.offload_params, precision=self.precision, check_cluster=False,
+            gpu_memory_gb=self.gpu_memory_gb, memory_check=self.memory_check,
         )
 
 
@@ -225,6 +264,9 @@ class PPOConfig:
     output_dir: str = "outputs/ppo"
     run_name: str = "ppo"
     resume: bool = False
+    # chimed_ray: our Ray actor groups. openrlhf: translate this config into OpenRLHF's
+    # `openrlhf.cli.train_ppo_ray` and submit it as a Ray job (GPU clusters only).
+    engine: Literal["chimed_ray", "openrlhf"] = "chimed_ray"
     total_steps: int = 20
     model: ModelConfig = field(default_factory=ModelConfig)
     critic_path: str = ""
@@ -245,7 +287,7 @@ class PPOConfig:
         check(batch % mini == 0, "algorithm.mini_batch_size",
               f"{mini} must divide the rollout batch prompts_per_step x samples_per_prompt = {batch}")
         estimator = self.algorithm.advantage_estimator
-        check(estimator not in ("grpo", "rloo") or self.rollout.samples_per_prompt > 1, "rollout.samples_per_prompt",
+        check(not self.algorithm.needs_groups or self.rollout.samples_per_prompt > 1, "rollout.samples_per_prompt",
               f"{estimator} compares answers to the same prompt; needs >= 2, got {self.rollout.samples_per_prompt}")
         trained = [("policy", self.optim)] + ([("critic", self.critic_optim)] if self.algorithm.needs_critic else [])
         for role, optim in trained:

@@ -73,6 +73,7 @@ class Experience(RolloutBatch):
     advantages: Optional[Tensor] = None  # [B, R]
     returns: Optional[Tensor] = None  # [B, R] critic targets (None without a critic)
     old_values: Optional[Tensor] = None  # [B, R] critic values at sampling time (None without a critic)
+    reference_logprobs: Optional[Tensor] = None  # [B, R] reference log-probs (only with KL in the loss)
 
 
 def build_rollout_batch(

@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class PolicyLossSpec:
-    """The policy update: PPO clip ranges, entropy bonus, epochs and minibatch size per rank."""
+    """The policy update: PPO clip ranges, entropy bonus, KL-in-loss, epochs and minibatch size per rank."""
 
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+    dual_clip: float = 0.0  # > 1: dual-clip PPO's c; 0 off
+    kl_coef: float = 0.0  # > 0: GRPO-style k3 KL to the reference in the loss (needs reference_logprobs)
     entropy_coef: float = 0.0
     agg_mode: str = "token_mean"
     ppo_epochs: int = 1
@@ -65,6 +67,9 @@ class PolicyWorker(TrainableWorker):
 
             # Frozen base weights never reach the optimizer: `make_optimizer` takes trainable ones only.
             self.lora, network = lora, apply_lora(network, lora).train()
+        # Old log-probs are taken in eval mode; the PPO forward must match them, or the ratio is not
+        # 1 at the first minibatch (TRL's disable_dropout; OpenRLHF's LoRA dropout defaults to 0).
+        disable_dropout(network)
         self.init_engine(network, optim, scale, total_steps)
         # The default rollout engine shares the training module: it always samples the latest weights.
         self.rollout = HFEngine(self.engine.module, eos_token_ids(self.tokenizer), self.tokenizer.pad_token_id,
@@ -142,13 +147,30 @@ class PolicyWorker(TrainableWorker):
         policy_loss, stats = ppo_clip(
             logprobs, micro.old_logprobs, micro.advantages, micro.response_mask,
             clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, agg_mode=spec.agg_mode,
+            dual_clip=spec.dual_clip or None,
         )
         entropy_term, mean_entropy = entropy_bonus(entropy, micro.response_mask, spec.entropy_coef, spec.agg_mode)
-        self._backward_step(policy_loss + entropy_term)
-        return {
-            "policy_loss": float(policy_loss.detach()), "clip_fraction": float(stats["clip_fraction"]),
-            "approx_kl": float(stats["approx_kl"]), "entropy": float(mean_entropy),
-        }
+        loss = policy_loss + entropy_term
+        if spec.kl_coef > 0:
+            from chimed_ray.algorithms import kl_loss
+
+            kl, stats["kl_loss"] = kl_loss(logprobs, micro.reference_logprobs, micro.response_mask, spec.agg_mode)
+            loss = loss + spec.kl_coef * kl
+        self._backward_step(loss)
+        return {"policy_loss": float(policy_loss.detach()), "entropy": float(mean_entropy),
+                **{key: float(value) for key, value in stats.items()}}
+
+
+def disable_dropout(module: "torch.nn.Module") -> None:
+    """Set every dropout probability in `module` to 0 (LoRA's and attention's included), so
+    train-mode and eval-mode forwards give the same log-probs."""
+    import torch
+
+    for child in module.modules():
+        if isinstance(child, torch.nn.Dropout):
+            child.p = 0.0
+        if isinstance(getattr(child, "attention_dropout", None), float):  # HF attention passes it as dropout_p
+            child.attention_dropout = 0.0
 
 
 def eos_token_ids(tokenizer) -> list[int]:

@@ -127,8 +127,9 @@ def pair_loss(
 ) -> tuple["Tensor", dict[str, "Tensor"]]:
     """The registered preference loss on stacked (chosen, rejected) rows.
 
-    DPO and IPO take summed answer log-probabilities against the reference's; SimPO and ORPO take
-    them averaged over answer tokens, and ORPO adds the SFT loss (mean token NLL) on chosen answers.
+    DPO takes summed answer log-probabilities against the reference's; IPO (against the
+    reference's, as TRL does), SimPO and ORPO take them averaged over answer tokens, and ORPO
+    adds the SFT loss (mean token NLL) on chosen answers.
 
     Args:
         answer_logp_sums: `[2B]` from `answer_logprobs`, chosen rows first.
@@ -138,12 +139,16 @@ def pair_loss(
         loss_name: A `PREFERENCE_LOSSES` name.
         options: Its keyword arguments (`PreferenceAlgorithmConfig.loss_options()`).
     """
-    from chimed_ray.algorithms import PREFERENCE_LOSSES
+    from chimed_ray.algorithms import LENGTH_NORMALISED_LOSSES, PREFERENCE_LOSSES
 
     half = answer_logp_sums.shape[0] // 2
-    with_reference = loss_name in REFERENCE_LOSSES
-    logps = answer_logp_sums if with_reference else answer_logp_sums / answer_token_counts.clamp(min=1)
-    references = (reference_chosen_logps, reference_rejected_logps) if with_reference else (None, None)
+    lengths = answer_token_counts.clamp(min=1).to(answer_logp_sums.dtype)  # [2B]
+    if loss_name not in LENGTH_NORMALISED_LOSSES:
+        lengths = lengths.new_ones(lengths.shape)
+    logps = answer_logp_sums / lengths
+    references = (None, None)
+    if loss_name in REFERENCE_LOSSES:
+        references = (reference_chosen_logps / lengths[:half], reference_rejected_logps / lengths[half:])
     loss, metrics = PREFERENCE_LOSSES.lookup(loss_name)(logps[:half], logps[half:], *references, **options)
     if loss_name == "orpo":
         nll = -answer_logp_sums[:half].sum() / answer_token_counts[:half].sum().clamp(min=1)
@@ -346,10 +351,12 @@ def run_dpo(config: DPOConfig) -> Path:
     Returns:
         `<output_dir>/final`, the HF checkpoint of the last step.
     """
+    from chimed_ray.planning.check import check_memory
     from chimed_ray.trainers.launch import ensure_ray, run_ray_train
     from chimed_ray.utils.tracking import read_metrics
 
     config = resolve_reference(config)
+    check_memory("dpo", config)  # before the reference actors start; run_ray_train checks again (same plan)
     if config.algorithm.needs_reference:
         ensure_ray()
         cache, scored = ensure_reference_logps(config)

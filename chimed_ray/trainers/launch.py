@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chimed_ray.config import TrainStageConfig, check_cluster_fits, dump_config, to_dict
+from chimed_ray.planning.check import check_memory
 from chimed_ray.trainers.checkpoints import HF_DIR
 from chimed_ray.trainers.loop import too_few_examples, train_loop_per_worker
 from chimed_ray.trainers.task import load_task
@@ -90,6 +91,7 @@ def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
     from chimed_ray.trainers.fatal_errors import UserErrorsAreFatal, user_error
 
     config = resolve_paths(config)
+    check_memory(task_name, config)  # refuses, in one line, a GPU config that cannot fit
     check_inputs(task_name, config)
     ensure_ray()
     if config.scale.check_cluster:

@@ -3,11 +3,12 @@
 
 Each step, read top to bottom in `run_ppo`:
   1. sample prompts                 5. advantages (GAE with the critic, or a critic-free estimator)
-  2. generate answers               6. whiten the advantages
+  2. generate answers               6. whiten them (GAE, REINFORCE++; group estimators are not)
   3. score: old + reference         7. minibatch PPO epochs: clipped policy loss + entropy bonus,
      log-probs, values, rewards        clipped value loss
   4. token rewards: score at the    8. push the new weights to a separate rollout engine
      last token, KL penalty on all  9. log, checkpoint
+     (or KL in the loss)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from chimed_ray.algorithms import (
     compute_advantages,
     kl_penalty,
     masked_mean,
-    masked_whiten,
+    truncated_answers,
     token_level_rewards,
 )
 from chimed_ray.config import dump_config
@@ -38,6 +39,7 @@ from chimed_ray.distributed.rollout import sync_weights
 from chimed_ray.distributed.worker import mean_metrics
 from chimed_ray.models import load_tokenizer
 from chimed_ray.models.heads import require_hf_checkpoints
+from chimed_ray.planning.check import check_memory
 from chimed_ray.rollout.base import SamplingParams
 from chimed_ray.rollout.prompts import load_prompts
 from chimed_ray.trainers.launch import ensure_ray
@@ -60,6 +62,7 @@ ROLLOUT_FIELDS = ("sequences", "attention_mask", "response_mask", "group_ids")
 def run_ppo(config: PPOConfig) -> Path:
     """Run PPO; returns `<output_dir>/final`, the trained policy as an HF directory."""
     config = resolve_paths(config)
+    check_memory("ppo", config)  # refuses, in one line, a GPU config that cannot fit
     require_hf_checkpoints({"model.path": config.model.path, "reward.path": config.reward.path,
                             "critic_path": config.critic_path})
     algo, rollout_cfg, output = config.algorithm, config.rollout, Path(config.output_dir)
@@ -111,21 +114,24 @@ def run_ppo(config: PPOConfig) -> Path:
                 values = concat_rows(gather(value_refs)) if value_refs else None  # [B, R]
                 scores = concat_rows(gather(score_refs))  # [B]
 
-            # 4. Token-level rewards: the score on the last answer token, -kl_coef * KL on every token.
+            # 4. Token-level rewards: the score on the last answer token, and -kl_coef * KL on every
+            #    token unless the KL is a term of the policy loss instead (GRPO's kl_in_loss).
             kl = kl_penalty(old_logprobs, reference_logprobs, algo.kl_estimator) * mask  # [B, R]
-            token_rewards = token_level_rewards(scores, kl, mask, kl_controller.value)  # [B, R]
+            reward_kl_coef = 0.0 if algo.kl_in_loss else kl_controller.value
+            token_rewards = token_level_rewards(scores, kl, mask, reward_kl_coef)  # [B, R]
 
-            # 5. Advantages and returns from the configured estimator; 6. whitening over the batch.
+            # 5-6. Advantages and returns. GAE and REINFORCE++ are whitened over the batch; GRPO and
+            #      RLOO are normalised within their groups only (as verl and OpenRLHF do).
             advantages, returns = compute_advantages(algo.advantage_estimator, AdvantageInputs(
                 # Outcome estimators (GRPO, RLOO) see the KL-regularised return r - beta * KL(seq).
                 token_rewards=token_rewards, response_mask=mask, sequence_scores=token_rewards.sum(dim=1), values=values,
-                group_ids=rollout.group_ids, gamma=algo.gamma, lam=algo.lam, whiten_gae=False,
+                group_ids=rollout.group_ids, gamma=algo.gamma, lam=algo.lam, norm_by_std=algo.norm_by_std,
+                whiten=algo.whiten_advantages,
             ))
-            if algo.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
             experience = Experience(**{name: getattr(rollout, name) for name in ROLLOUT_FIELDS},
                                     old_logprobs=old_logprobs, advantages=advantages,
-                                    returns=returns if values is not None else None, old_values=values)
+                                    returns=returns if values is not None else None, old_values=values,
+                                    reference_logprobs=reference_logprobs if algo.kl_in_loss else None)
 
             # 7. PPO epochs over minibatches, policy and critic in parallel.
             policy_spec, critic_spec = loss_specs(config, step)
@@ -145,7 +151,8 @@ def run_ppo(config: PPOConfig) -> Path:
             state = replace(state, step=step, prompt_position=state.prompt_position + len(chosen),
                             kl_coef=kl_controller.value, samples=state.samples + rollout.size,
                             elapsed_s=state.elapsed_s + sum(timer.seconds.values()))
-            metrics = step_metrics(scores, kl, rollout, train_metrics, timer.seconds, synced_bytes, kl_controller.value)
+            metrics = step_metrics(scores, kl, rollout, train_metrics, timer.seconds, synced_bytes, kl_controller.value,
+                                   truncated_answers(rollout.responses, mask, eos_ids, rollout_cfg.max_new_tokens))
             tracker.log(step, {**metrics, "time/step_s": time.perf_counter() - step_started})
             if step == config.total_steps or (config.logging.save_every and step % config.logging.save_every == 0):
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
@@ -159,15 +166,16 @@ def run_ppo(config: PPOConfig) -> Path:
         groups.shutdown()
 
 
-def step_metrics(scores, kl, rollout, train_metrics, seconds, synced_bytes, kl_coef) -> dict[str, float]:
-    """What one step logs: rewards, KL, policy/critic stats, lengths, time and tokens/s per phase."""
+def step_metrics(scores, kl, rollout, train_metrics, seconds, synced_bytes, kl_coef, truncated) -> dict[str, float]:
+    """What one step logs: rewards, KL, policy/critic stats, lengths, the share of answers cut off
+    at `max_new_tokens` (`truncated`, [B] bool), time and tokens/s per phase."""
     mask = rollout.response_mask
     answer_tokens, all_tokens = float(mask.sum()), float(rollout.attention_mask.sum())
     metrics = {
         "reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
         "kl/per_sequence": float(kl.sum(dim=1).mean()), "kl/per_token": float(masked_mean(kl, mask)),
         "kl/coef": kl_coef, "response/length": float(mask.sum(dim=1).float().mean()),
-        "response/clipped_fraction": float((mask[:, -1] > 0).float().mean()),
+        "response/clipped_fraction": float(truncated.float().mean()),
     }
     metrics.update({f"train/{key}": value for key, value in train_metrics.items()})
     tokens = {"generate": answer_tokens, "score": all_tokens, "train": all_tokens}
@@ -211,8 +219,24 @@ def resolve_paths(config: PPOConfig) -> PPOConfig:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.cli import STAGES, parse_stage_config, stage_parser
+    from chimed_ray.config import ConfigError
 
-    config, _ = parse_stage_config("ppo", PPOConfig, argv)
+    parser = stage_parser("ppo", STAGES["ppo"][1])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="engine=openrlhf: export the data, print the OpenRLHF command, submit nothing")
+    config, args = parse_stage_config("ppo", PPOConfig, argv, parser)
+    if config.engine == "openrlhf":
+        from chimed_ray.integrations.openrlhf import run_openrlhf_ppo
+        from chimed_ray.integrations.openrlhf.job import OpenRLHFJobError
+
+        try:
+            run_openrlhf_ppo(config, dry_run=args.dry_run)
+        except OpenRLHFJobError as exc:
+            print(f"chimed-ray ppo: error: {exc}", flush=True)
+            return 1
+        return 0
+    if args.dry_run:
+        raise ConfigError("--dry-run: only engine=openrlhf has a command to print; our engine runs directly")
     run_ppo(config)
     return 0

@@ -123,6 +123,7 @@ def loss_specs(config: PPOConfig, step: int) -> tuple[PolicyLossSpec, ValueLossS
     algo, scale = config.algorithm, config.scale
     policy = PolicyLossSpec(
         clip_eps_low=algo.clip_eps_low, clip_eps_high=algo.clip_eps_high or algo.clip_eps_low,
+        dual_clip=algo.dual_clip, kl_coef=algo.kl_coef if algo.kl_in_loss else 0.0,
         entropy_coef=algo.entropy_coef, agg_mode=algo.agg_mode, ppo_epochs=algo.ppo_epochs,
         mini_batch_size=algo.mini_batch_size // scale.policy.num_workers,
         micro_batch_size=config.optim.micro_batch_size, temperature=config.rollout.temperature,

@@ -37,11 +37,13 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> Path:
     """
     from chimed_ray.models import load_tokenizer
     from chimed_ray.models.heads import require_hf_checkpoints
+    from chimed_ray.planning.check import check_memory
     from chimed_ray.rollout.prompts import load_prompts
     from chimed_ray.trainers.launch import ensure_ray
     from chimed_ray.utils.files import absolute_path
     from chimed_ray.utils.tracking import RunTracker
 
+    check_memory("rejection-sampling", config)  # refuses, in one line, a GPU config that cannot fit
     require_hf_checkpoints({"model.path": absolute_path(config.model.path), "reward.path": absolute_path(config.reward.path)})
     output = Path(absolute_path(config.output_dir))
     output.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Advantage estimators (GAE, GRPO, RLOO, REINFORCE++) and their registry, on hand-worked numbers."""
+"""Advantage estimators (GAE, GRPO, RLOO, REINFORCE++ and its baseline variant) and their registry,
+on hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from chimed_ray.algorithms import (
     AdvantageInputs,
     compute_advantages,
     estimator_needs_critic,
+    estimator_needs_groups,
     masked_mean,
     masked_whiten,
     register_advantage_estimator,
@@ -44,7 +46,7 @@ def test_gae_1x3_by_hand():
         values=torch.tensor([[0.5, 0.6, 0.7]]),
         gamma=0.9,
         lam=0.8,
-        whiten_gae=False,
+        whiten=False,
     )
     # gamma * lam = 0.72; walk backwards with V_3 = 0, A_3 = 0
     # t=2: delta = 1 + 0.9*0   - 0.7 = 0.3;   A_2 = 0.3
@@ -64,7 +66,7 @@ def test_gae_trailing_padding_with_garbage_changes_nothing():
         values=torch.tensor([[0.5, 0.6, 0.7, 99.0]]),
         gamma=0.9,
         lam=0.8,
-        whiten_gae=False,
+        whiten=False,
     )
     # same as the 1x3 case; the padded slot is 0 in both outputs
     advantages, returns = compute_advantages("gae", inputs)
@@ -81,7 +83,7 @@ def test_gae_skips_masked_tokens_inside_a_response():
         values=torch.tensor([[0.5, 99.0, 0.7]]),
         gamma=0.9,
         lam=0.8,
-        whiten_gae=False,
+        whiten=False,
     )
     # t=2: A_2 = 1 - 0.7 = 0.3; t=1 skipped (V and A carry over from t=2)
     # t=0: delta = 0 + 0.9*0.7 - 0.5 = 0.13; A_0 = 0.13 + 0.72*0.3 = 0.346; return 0.346 + 0.5 = 0.846
@@ -95,7 +97,7 @@ def test_gae_whitens_advantages_but_not_returns_by_default():
     values = torch.tensor([[0.5, 0.6, 0.7], [0.1, 0.2, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     common = dict(token_rewards=rewards, response_mask=mask, sequence_scores=torch.zeros(2), values=values)
-    raw_advantages, raw_returns = compute_advantages("gae", AdvantageInputs(**common, whiten_gae=False))
+    raw_advantages, raw_returns = compute_advantages("gae", AdvantageInputs(**common, whiten=False))
     advantages, returns = compute_advantages("gae", AdvantageInputs(**common))
     assert_close(advantages, masked_whiten(raw_advantages, mask))
     assert_close(returns, raw_returns)
@@ -227,12 +229,60 @@ def test_reinforce_pp_advantages_are_whitened_over_the_batch():
     assert (advantages[mask == 0] == 0).all()
 
 
+def test_reinforce_pp_without_whitening_returns_the_discounted_returns():
+    inputs = AdvantageInputs(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([[1, 1], [1, 0]]), torch.zeros(2),
+                             gamma=0.5, whiten=False)
+    advantages, returns = compute_advantages("reinforce_pp", inputs)
+    assert_close(advantages, torch.tensor([[0.5, 1.0], [2.0, 0.0]]))
+    assert_close(returns, advantages)
+
+
+def test_reinforce_pp_baseline_by_hand():
+    inputs = AdvantageInputs(
+        token_rewards=torch.tensor([[-0.1, 2.9], [0.0, 1.0], [4.0, 0.0]]),  # scores 3, 1, 4 on the last tokens
+        response_mask=torch.tensor([[1, 1], [1, 1], [1, 0]]),
+        sequence_scores=torch.tensor([2.8, 1.0, 4.0]),  # KL-regularised returns: 3 - 0.1 - 0.1, 1, 4
+        group_ids=torch.tensor([0, 0, 9]),
+        whiten=False,
+    )
+    # group 0 mean (2.8 + 1) / 2 = 1.9 comes off each last token: row 0 [-0.1, 1.0], row 1 [0, -0.9];
+    # group 9 is alone: 4 - 4 = 0. gamma 1 -> returns row 0 [0.9, 1.0], row 1 [-0.9, -0.9], row 2 [0].
+    advantages, returns = compute_advantages("reinforce_pp_baseline", inputs)
+    expected = torch.tensor([[0.9, 1.0], [-0.9, -0.9], [0.0, 0.0]])
+    assert_close(advantages, expected)
+    assert_close(returns, expected)
+    whitened, _ = compute_advantages("reinforce_pp_baseline", AdvantageInputs(**{**inputs.__dict__, "whiten": True}))
+    assert_close(whitened, masked_whiten(expected, inputs.response_mask))
+
+
+# -------------------------------------------------------------- which estimators are whitened
+
+
+def test_group_estimators_are_never_whitened_over_the_batch():
+    # verl's compute_grpo_outcome_advantage and OpenRLHF's group_norm/rloo stop at the group
+    # normalisation; whitening again would rescale every group by the batch's spread.
+    scores, groups = [1.0, 3.0, 2.0, 10.0, 6.0, 10.0], [0, 0, 0, 1, 1, 1]
+    for name in ("grpo", "rloo"):
+        plain, _ = compute_advantages(name, outcome_inputs(scores, groups, whiten=False))
+        asked, _ = compute_advantages(name, outcome_inputs(scores, groups, whiten=True))
+        assert_close(asked, plain)
+        assert not torch.allclose(asked, masked_whiten(plain, torch.ones_like(plain)))
+    rloo_advantages, _ = compute_advantages("rloo", outcome_inputs(scores, groups, whiten=True))
+    # group 0 mean 2 -> 1.5 * [-1, 1, 0]; group 1 mean 26/3 -> 1.5 * [4/3, -8/3, 4/3]
+    assert_close(rloo_advantages[:, 0], torch.tensor([-1.5, 1.5, 0.0, 2.0, -4.0, 2.0]))
+
+
 # ------------------------------------------------------------------------------------ registry
+
+
+def test_group_estimators_need_several_samples_per_prompt():
+    assert all(estimator_needs_groups(name) for name in ("grpo", "rloo", "reinforce_pp_baseline"))
+    assert not any(estimator_needs_groups(name) for name in ("gae", "reinforce_pp"))
 
 
 def test_only_gae_needs_a_critic():
     assert estimator_needs_critic("gae")
-    assert not any(estimator_needs_critic(name) for name in ("grpo", "rloo", "reinforce_pp"))
+    assert not any(estimator_needs_critic(name) for name in ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"))
     with pytest.raises(ValueError, match="grpo"):
         estimator_needs_critic("ppo")
 

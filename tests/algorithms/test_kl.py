@@ -74,3 +74,22 @@ def test_adaptive_controller_by_hand():
 def test_adaptive_controller_rejects_bad_horizon():
     with pytest.raises(ValueError, match="horizon"):
         AdaptiveKLController(init_kl_coef=0.1, target_kl=6.0, horizon=0)
+
+
+def test_kl_loss_is_k3_aggregated_and_pulls_toward_the_reference():
+    from chimed_ray.algorithms import kl_loss
+
+    # row 0: log r = 0 and log 2 -> k3 = 0 and 1/2 - 1 + log 2; row 1: second token is padding (garbage).
+    logprobs = torch.tensor([[-1.0, math.log(0.5)], [math.log(0.25), float("nan")]], requires_grad=True)
+    reference = torch.tensor([[-1.0, math.log(0.25)], [math.log(0.5), 5.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    k3_half = 0.5 - 1.0 + math.log(2.0)  # log r = log 2
+    k3_minus = 2.0 - 1.0 - math.log(2.0)  # log r = -log 2
+    kl, logged = kl_loss(logprobs, reference, mask, "token_mean")
+    assert_close(kl, torch.tensor((0.0 + k3_half + k3_minus) / 3))
+    assert_close(kl_loss(logprobs, reference, mask, "seq_mean_token_mean")[0],
+                 torch.tensor(((0.0 + k3_half) / 2 + k3_minus) / 2))
+    kl.backward()
+    # d k3 / d log r = 1 - exp(-log r): positive above the reference, negative below, 0 on padding.
+    assert_close(logprobs.grad, torch.tensor([[0.0, 0.5 / 3], [-1.0 / 3, 0.0]]))
+    assert not logged.requires_grad

@@ -156,3 +156,22 @@ def test_reductions_ignore_masked_garbage(function):
     mask = torch.tensor([[1, 1, 0]])
     garbage = torch.tensor([[1.0, 2.0, float("inf")]])
     assert_close(function(garbage, mask), function(values, mask))
+
+
+def test_truncated_answers_test_the_generation_limit_not_the_widest_answer():
+    from chimed_ray.algorithms import truncated_answers
+
+    eos, pad = 2, 0
+    responses = torch.tensor([
+        [5, 6, 7, 8],  # 4 tokens, no EOS: cut off at max_new_tokens=4
+        [5, 6, 7, 2],  # EOS exactly at the limit: finished
+        [5, 2, 0, 0],  # finished early
+        [5, 6, 7, 0],  # 3 tokens without EOS: stopped by something else, below the limit
+    ])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    assert truncated_answers(responses, mask, [eos], 4).tolist() == [True, False, False, False]
+    # The same batch under a limit of 8: nothing reached it, although the last column is valid.
+    assert truncated_answers(responses, mask, eos, 8).tolist() == [False, False, False, False]
+    assert truncated_answers(responses, mask, eos, 3).tolist() == [True, False, False, True]
+    empty = truncated_answers(torch.tensor([[pad]]), torch.tensor([[0]]), eos, 1)
+    assert empty.tolist() == [False]

@@ -137,3 +137,16 @@ def test_every_preference_loss_takes_the_same_call():
         assert {"chosen_rewards", "rejected_rewards", "reward_margin", "reward_accuracy"} <= set(metrics)
     with pytest.raises(ValueError, match="simpo"):
         PREFERENCE_LOSSES.lookup("kto")
+
+
+def test_ipo_pair_loss_is_length_normalised_like_trl():
+    from chimed_ray.trainers.dpo import pair_loss
+
+    # chosen: 4 tokens, sum -8 (ref -12); rejected: 2 tokens, sum -6 (ref -4).
+    # per token: chosen -2 vs ref -3 -> +1; rejected -3 vs ref -2 -> -1; h = 2.
+    # beta 0.5: (2 - 1)^2 = 1. With sums the gap would be 4 - (-2) = 6 and the loss 25.
+    sums, counts = torch.tensor([-8.0, -6.0]), torch.tensor([4, 2])
+    loss, metrics = pair_loss(sums, counts, torch.tensor([-12.0]), torch.tensor([-4.0]), "ipo", {"beta": 0.5})
+    assert_close(loss, torch.tensor(1.0))
+    assert_close(metrics["reward_margin"], torch.tensor(1.0))  # 0.5 * 1 - 0.5 * (-1)
+    assert_close(metrics["chosen_logps"], torch.tensor(-2.0))
