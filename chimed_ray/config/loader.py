@@ -233,8 +233,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def dump_config(config: Any, path: str | Path) -> None:
     """Write the resolved config next to a run's outputs so the run can be reproduced."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False), "utf-8")
+    from chimed_ray.utils.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))
 
 
 def check(condition: bool, key: str, message: str) -> None:

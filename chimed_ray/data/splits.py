@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from chimed_ray.config import DataConfig
 from chimed_ray.data.embedded import embedded_files
@@ -21,7 +21,7 @@ from chimed_ray.utils.files import InputError
 
 RecordCheck = Callable[[Record], Any]
 # Above this many bytes of data the driver checks a sample (the first records) instead of all.
-FULL_CHECK_BYTES, SAMPLE_RECORDS = 512 * 2**20, 10_000
+FULL_CHECK_BYTES, SAMPLE_RECORDS = 1 * 2**30, 10_000
 
 
 def keys_of(data: DataConfig) -> Keys:
@@ -46,10 +46,9 @@ def record_check(data: DataConfig, kind: str) -> RecordCheck:
     return lambda record: to_messages(record, data.format, keys)
 
 
-def checked(records: Iterable[Record], check: RecordCheck, skip_bad: bool, stats: ReadStats) -> list[Record]:
+def checked(records: Iterable[Record], check: RecordCheck, skip_bad: bool, stats: ReadStats) -> Iterator[Record]:
     """The records that pass `check`; a failing one raises InputError naming its `file:line`,
     or, with `skip_bad`, is dropped and counted in `stats.skipped`."""
-    kept = []
     for record in records:
         try:
             _parse(check, record)
@@ -58,8 +57,7 @@ def checked(records: Iterable[Record], check: RecordCheck, skip_bad: bool, stats
                 raise
             stats.skipped += 1
             continue
-        kept.append(record)
-    return kept
+        yield record
 
 
 def _parse(check: RecordCheck, record: Record) -> None:
@@ -73,7 +71,7 @@ def _parse(check: RecordCheck, record: Record) -> None:
 
 def _read(files: list, data: DataConfig, check: RecordCheck, max_samples: int = 0) -> list[Record]:
     records, stats = read_records(files, data.skip_bad_lines, max_samples)
-    records = checked(records, check, data.skip_bad_lines, stats)
+    records = list(checked(records, check, data.skip_bad_lines, stats))
     if stats.skipped:
         print(f"[chimed-ray data] skipped {stats.skipped} malformed records in {[str(f) for f in files]}", flush=True)
     return records
@@ -96,8 +94,7 @@ def load_split(
     elif data.eval_fraction > 0:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
-        cut = max(1, int(len(train) * data.eval_fraction))
-        held = set(order[:cut])
+        held = set(order[: held_out(len(train), data.eval_fraction)])
         evaluation = [r for i, r in enumerate(train) if i in held]
         train = [r for i, r in enumerate(train) if i not in held]
     elif bundled:
@@ -107,22 +104,33 @@ def load_split(
     return train, evaluation
 
 
-def check_split(data: DataConfig, kind: str, seed: int = 0) -> int | None:
-    """Driver-side check of a stage's data before any worker starts: every record (or, above
-    FULL_CHECK_BYTES, the first SAMPLE_RECORDS of each file) parses in the stage's shape.
-    Returns the number of training records, or None when only a sample was read."""
+def held_out(total: int, eval_fraction: float) -> int:
+    """How many of `total` train records an `eval_fraction` split holds out."""
+    return max(1, int(total * eval_fraction)) if eval_fraction > 0 else 0
+
+
+def check_split(data: DataConfig, kind: str) -> int | None:
+    """Driver-side check of a stage's data before any worker starts, streaming (nothing is kept):
+    every record, or above FULL_CHECK_BYTES the first SAMPLE_RECORDS of each file, must parse in
+    the stage's shape. Returns the number of training records, or None when only sampled."""
     files = data.train_files + data.eval_files
     if any("://" in str(path) for path in files):
         return None  # remote data is read by the workers only
     local = [file for path in files for file in expand_path(Path(path))]
-    if sum(_size(file) for file in local) <= FULL_CHECK_BYTES:
-        return len(load_split(data, kind, seed)[0])
     check = record_check(data, kind)
-    for path in local:
-        stats = ReadStats()
-        sample = itertools.islice(iter_records([path], data.skip_bad_lines, stats), SAMPLE_RECORDS)
-        checked(sample, check, data.skip_bad_lines, stats)
-    return None
+    if sum(_size(file) for file in local) > FULL_CHECK_BYTES:
+        for path in local:
+            _count_passing(itertools.islice(iter_records([path], data.skip_bad_lines), SAMPLE_RECORDS), data, check)
+        return None
+    if data.eval_files:
+        _count_passing(iter_records(data.eval_files, data.skip_bad_lines), data, check)
+    train = iter_records(data.train_files or embedded_files(kind, "train"), data.skip_bad_lines)
+    total = _count_passing(itertools.islice(train, data.max_samples or None), data, check)
+    return total if data.eval_files else total - held_out(total, data.eval_fraction)
+
+
+def _count_passing(records: Iterable[Record], data: DataConfig, check: RecordCheck) -> int:
+    return sum(1 for _ in checked(records, check, data.skip_bad_lines, ReadStats()))
 
 
 def _size(path: Path) -> int:

@@ -62,7 +62,7 @@ def check_inputs(task_name: str, config: TrainStageConfig) -> None:
     if config.model.path:
         require_hf_checkpoint(config.model.path, "model.path")
     kind = DATA_KINDS[task_name]
-    examples = check_split(config.data, kind, config.optim.seed)
+    examples = check_split(config.data, kind)
     needed = config.scale.num_workers * config.optim.micro_batch_size
     # Pretraining packs documents into blocks, so its record count does not bound its examples.
     if examples is not None and kind != "pretrain" and examples < needed:

@@ -160,3 +160,14 @@ def test_loading_asks_transformers_for_safetensors(tiny_checkpoint, monkeypatch)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     load_causal_lm(tiny_checkpoint)
     assert seen.get("use_safetensors") is True
+
+
+@pytest.mark.parametrize("extra", [{}, {"eval_fraction": 0.25}, {"max_samples": 7}, {"skip_bad_lines": True}])
+def test_driver_count_matches_what_the_workers_train_on(tmp_path, extra):
+    from chimed_ray.config import DataConfig
+    from chimed_ray.data import load_split
+    from chimed_ray.data.splits import check_split
+
+    rows = [DIALOGUE] * 12 + [{"question": "?"}] * (1 if extra.get("skip_bad_lines") else 0)
+    data = DataConfig(train_files=[str(jsonl(tmp_path / "d.jsonl", rows))], **extra)
+    assert check_split(data, "sft") == len(load_split(data, "sft")[0])
