@@ -41,7 +41,11 @@ class EngineConfig:
     """How a replica generates: HF `generate` (batched on CPU or GPU) or vLLM (GPU, optional).
 
     `device: auto` means cuda with bf16 when the replica was given a GPU, else CPU with fp32.
-    `max_context` 0 takes the model's `max_position_embeddings`.
+    `max_context` 0 takes the model's `max_position_embeddings`; `max_prompt_chars` 0 allows 16
+    characters per token of context (checked before tokenizing). `repetition_penalty` applies to
+    requests that set no penalty of their own, so served answers do not loop. A request still
+    running after `request_timeout_s` is cancelled (504); a generation thread with work but no
+    progress for `stall_timeout_s` fails Serve's health check, which replaces the replica.
     """
 
     engine: Literal["hf", "vllm"] = "hf"
@@ -52,6 +56,10 @@ class EngineConfig:
     max_context: int = 0
     default_max_tokens: int = 256
     max_n: int = 8
+    max_prompt_chars: int = 0
+    repetition_penalty: float = 1.1
+    request_timeout_s: float = 600.0
+    stall_timeout_s: float = 120.0
     # The ChiMed format ends answers with EOS; this guards under-trained models that run on.
     chat_stop: list[str] = field(default_factory=lambda: ["[human]:"])
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +68,11 @@ class EngineConfig:
         check(self.max_context >= 0, "max_context", "must be >= 0 (0: the model's own limit)")
         check(self.default_max_tokens >= 1, "default_max_tokens", "must be >= 1")
         check(self.max_n >= 1, "max_n", "must be >= 1")
+        check(self.max_prompt_chars >= 0, "max_prompt_chars", "must be >= 0 (0: 16 x max_context)")
+        check(0 < self.repetition_penalty <= 10, "repetition_penalty",
+              f"must be in (0, 10] (1: none), got {self.repetition_penalty}")
+        check(self.request_timeout_s > 0, "request_timeout_s", "must be positive")
+        check(self.stall_timeout_s > 0, "stall_timeout_s", "must be positive")
         check(self.engine == "hf" or self.device != "cpu", "device", "engine=vllm needs a GPU")
         check(self.device != "cpu" or self.precision in ("auto", "fp32"), "precision",
               f"{self.precision} needs a GPU; CPU serving runs in fp32")
@@ -67,19 +80,21 @@ class EngineConfig:
 
 @dataclass
 class BatchingConfig:
-    """Dynamic batching with `@serve.batch`: concurrent requests share forward passes.
+    """Continuous batching: a request joins the running batch at the next decode step.
 
     `enabled: false` runs one request at a time per replica (the benchmark's baseline).
-    `max_batch_size` counts sequences (a request with n=4 takes four slots).
+    `max_batch_size` counts sequences decoding together (a request with n=4 takes four slots);
+    `max_prefill_tokens` caps the prompt tokens prefilled between two decode steps (one prompt is
+    always admitted), so prefill and decode take turns.
     """
 
     enabled: bool = True
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.01
+    max_prefill_tokens: int = 2048
 
     def validate(self) -> None:
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
-        check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
 
 
 @dataclass
@@ -121,13 +136,14 @@ class AutoscalingConfig:
 class DeploymentConfig:
     """Serve options of a model deployment: replicas, resources, back-pressure.
 
-    `max_queued_requests` -1 is unbounded; past it the API answers 503 (or `overload_status`).
+    Past `max_queued_requests` waiting requests the API answers 503 (or `overload_status`) with
+    `Retry-After`; -1 (unbounded) must be asked for explicitly.
     """
 
     num_replicas: int = 1
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     max_ongoing_requests: int = 16
-    max_queued_requests: int = -1
+    max_queued_requests: int = 128
     overload_status: int = 503
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -163,8 +179,10 @@ class DeploymentConfig:
 class HTTPConfig:
     """Where the API listens and who may call it.
 
-    The API key comes from `api_key`, or else from the environment variable `api_key_env`
-    (read on the driver when the app is built); empty means no auth.
+    The API key comes from `api_key`, or else from the environment variable `api_key_env` (read
+    on the driver when the app is built). A host other than loopback without a key refuses to
+    start unless `allow_unauthenticated: true`. Request bodies above `max_body_bytes` get a 413
+    before they are read.
     """
 
     host: str = "127.0.0.1"
@@ -173,6 +191,8 @@ class HTTPConfig:
     app_name: str = "chimed-ray"
     api_key: str = ""
     api_key_env: str = "CHIMED_RAY_API_KEY"
+    allow_unauthenticated: bool = False
+    max_body_bytes: int = 2 * 1024 * 1024
     ingress_replicas: int = 1
     ingress_max_ongoing_requests: int = 256
 
@@ -181,6 +201,7 @@ class HTTPConfig:
         check(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
         check(bool(self.app_name), "app_name", "must not be empty")
         check(self.ingress_replicas >= 1, "ingress_replicas", "must be >= 1")
+        check(self.max_body_bytes >= 1024, "max_body_bytes", f"must be >= 1024, got {self.max_body_bytes}")
         check(self.ingress_max_ongoing_requests >= 1, "ingress_max_ongoing_requests", "must be >= 1")
 
 

@@ -7,6 +7,7 @@ Three entry points build the same application through `build_app`:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chimed_ray.config.loader import ConfigError, load_config, validate_tree
-from chimed_ray.config.serve import ServeConfig, checkpoint_overrides, inline_overrides
+from chimed_ray.config.serve import HTTPConfig, ServeConfig, checkpoint_overrides, inline_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def build_app(config: ServeConfig) -> Any:
     from chimed_ray.serving.model_server import ModelServer
 
     validate_tree(config)  # configs built in code (e.g. by the pipeline) skip load_config
+    api_key = resolve_api_key(config.http)  # an open public server is refused before anything starts
     models = {}
     for index, model in enumerate(config.models):
         name = model.served_name()
@@ -55,13 +57,43 @@ def build_app(config: ServeConfig) -> Any:
 
         if importlib.util.find_spec("vllm") is None:
             logger.warning("engine.engine=vllm but vllm is not importable here; replicas need it installed")
-    api_key = config.http.api_key or os.environ.get(config.http.api_key_env, "")
     ingress = OpenAIIngress.options(
         num_replicas=config.http.ingress_replicas,
         max_ongoing_requests=config.http.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0.1},
     )
-    return ingress.bind(models, api_key)
+    return ingress.bind(models, api_key, config.http.max_body_bytes)
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a hostname: assume it is reachable from elsewhere
+        return False
+
+
+def resolve_api_key(http: HTTPConfig) -> str:
+    """The API key (`http.api_key`, else `$<http.api_key_env>`), refusing an open non-loopback server.
+
+    Raises:
+        ConfigError: `http.host` is reachable from other machines, no key is set, and
+            `http.allow_unauthenticated` is false.
+    """
+    api_key = http.api_key or (os.environ.get(http.api_key_env, "") if http.api_key_env else "")
+    if api_key or http.allow_unauthenticated:
+        return api_key
+    source = f"${http.api_key_env} is unset or empty" if http.api_key_env else "http.api_key_env is empty"
+    if not is_loopback(http.host):
+        raise ConfigError(
+            f"http.host: {http.host} is reachable from other machines but no API key is set ({source} and "
+            f"http.api_key is empty); export {http.api_key_env or 'CHIMED_RAY_API_KEY'}=<key>, or set "
+            "http.allow_unauthenticated=true to serve without auth"
+        )
+    logger.warning("serving on %s without an API key (%s)", http.host, source)
+    return api_key
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:

@@ -1,62 +1,27 @@
-"""Batched generation with HF `generate`: left-padded prompts, KV cache, per-sequence sampling.
+"""Continuous batching with plain HF forwards: the CPU engine, and the GPU one without vLLM.
 
-`generate` itself decodes greedily; `PerRowSampler` (a logits processor) has already drawn each
-sequence's token with that sequence's own temperature, top-p and seeded RNG and masks every other
-token, so one batch can mix requests with different settings. `RowStopper` (a stopping criterion)
-feeds each new token to its `RowState`, which handles EOS, stop strings, the token budget and
-streaming. Blocking: the model server calls `generate` in a worker thread.
+`HFEngine` loads one checkpoint and provides the two forwards that `ContinuousBatcher` schedules:
+a prefill of new prompts (left-padded among themselves) and a one-token decode step over every
+live row, both on a `RowBatch` KV cache that rows join and leave between steps. Each row is
+sampled with its own temperature, top-p, penalties and seeded RNG, so one step mixes requests
+with different settings.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache
 
-from chimed_ray.serving.sampling import RowState, make_generator, sample_token
+from chimed_ray.serving.row_batch import RowBatch
+from chimed_ray.serving.sampling import RowState
+from chimed_ray.serving.scheduler import ContinuousBatcher
 
 logger = logging.getLogger("ray.serve")
-
-
-class PerRowSampler(LogitsProcessor):
-    """Draws each row's next token with its own settings; returns scores that select exactly it."""
-
-    def __init__(self, rows: list[RowState], device: torch.device, eos_ids: set[int], pad_id: int):
-        self.rows = rows
-        self.generators = [make_generator(row.seed, device) for row in rows]
-        self.eos_ids = sorted(eos_ids)
-        self.pad_id = pad_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = []
-        for index, row in enumerate(self.rows):
-            if row.finished:
-                chosen.append(self.pad_id)
-                continue
-            logits = scores[index]
-            if row.ignore_eos and self.eos_ids:
-                logits = logits.clone()
-                logits[self.eos_ids] = float("-inf")
-            chosen.append(sample_token(logits, row.temperature, row.top_p, self.generators[index]))
-        selected = torch.full_like(scores, float("-inf"))
-        selected[torch.arange(len(chosen), device=scores.device), torch.tensor(chosen, device=scores.device)] = 0.0
-        return selected
-
-
-class RowStopper(StoppingCriteria):
-    """Hands each new token to its row; a row is done once its state says so."""
-
-    def __init__(self, rows: list[RowState], tokenizer: Any, eos_ids: set[int]):
-        self.rows = rows
-        self.eos_ids = eos_ids
-        self.decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            row.add_token(token, self.decode, self.eos_ids)
-        return torch.tensor([row.finished for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 def resolve_device(device: str, precision: str) -> tuple[str, str]:
@@ -71,51 +36,87 @@ def resolve_device(device: str, precision: str) -> tuple[str, str]:
 
 
 class HFEngine:
-    """One checkpoint loaded with transformers, generating for a list of rows at a time."""
-
-    is_async = False
+    """One checkpoint loaded with transformers, generating rows under continuous batching."""
 
     def __init__(self, path: str, device: str, precision: str, trust_remote_code: bool,
-                 attn_implementation: str, max_context: int):
+                 attn_implementation: str, max_context: int, max_rows: int = 8,
+                 max_prefill_tokens: int = 2048, stall_timeout_s: float = 120.0):
         from chimed_ray.models import load_causal_lm, load_tokenizer
 
         self.device, self.precision = resolve_device(device, precision)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self.tokenizer.padding_side = "left"
         model = load_causal_lm(path, self.precision, trust_remote_code, attn_implementation)
         self.model = model.to(self.device).eval()
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        # transformers 5 renamed `past_key_values` to `cache`; 4.56+ still wants the old name
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.batcher = ContinuousBatcher(self, max_rows, max_prefill_tokens, stall_timeout_s)
         logger.info("loaded %s on %s (%s), context %d", path, self.device, self.precision, self.max_context)
 
-    def generate(self, rows: list[RowState]) -> None:
-        """Generate every row to completion (blocking); results and stream events land in the rows."""
-        padded = self.tokenizer.pad({"input_ids": [row.prompt_ids for row in rows]}, padding=True, return_tensors="pt")
-        config = GenerationConfig(
-            max_new_tokens=max(row.max_tokens for row in rows),
-            do_sample=False,
-            num_beams=1,
-            repetition_penalty=1.0,
-            pad_token_id=self.pad_id,
-            use_cache=True,
-        )
+    async def generate(self, rows: list[RowState]) -> None:
+        """Generate `rows` to completion. Cancelled, it marks them cancelled and returns only once
+        they have left the batch (so a caller holding a lock keeps it until generation ends)."""
+        done = asyncio.wrap_future(self.batcher.submit(rows))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            for row in rows:
+                row.cancelled = True
+            await done
+            raise
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, RowBatch]:
+        """Logits of each prompt's last position [N, V] and the KV cache of the new rows."""
+        length = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for index, ids in enumerate(prompts):
+            input_ids[index, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[index, length - len(ids):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as HF generate does for left padding
         with torch.inference_mode():
-            self.model.generate(
-                input_ids=padded["input_ids"].to(self.device),
-                attention_mask=padded["attention_mask"].to(self.device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([PerRowSampler(rows, self.device, self.eos_ids, self.pad_id)]),
-                stopping_criteria=StoppingCriteriaList([RowStopper(rows, self.tokenizer, self.eos_ids)]),
-            )
-        for row in rows:  # the loop ran out of max_new_tokens before a row's own check fired
-            if not row.finished:
-                row.update_text(row.text, "length")
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self._cache_arg: DynamicCache()})
+        return out.logits[:, -1, :].float(), RowBatch(_cache_of(out), mask)
+
+    def decode(self, batch: RowBatch, tokens: torch.Tensor) -> tuple[torch.Tensor, RowBatch]:
+        """Feed one token per row [B]; logits [B, V] and the batch grown by one column."""
+        mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((batch.size, 1))], dim=1)
+        grown = RowBatch(batch.cache, mask)
+        with torch.inference_mode():
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=grown.position_ids(),
+                             use_cache=True, **{self._cache_arg: batch.cache})
+        return out.logits[:, -1, :].float(), RowBatch(_cache_of(out), mask)
+
+    def decode_text(self, ids: list[int]) -> str:
+        """`tokenizer.decode(ids, skip_special_tokens=True)`, straight to the Rust tokenizer when
+        there is one: the Python wrapper converts the list element by element on every step."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is None or not hasattr(backend, "decode"):
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = backend.decode(ids, skip_special_tokens=True)
+        if getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
+            text = self.tokenizer.clean_up_tokenization(text)
+        return text
 
     def check_health(self) -> None:
-        """Raise if the model cannot run (Serve restarts the replica)."""
+        """Raise if generation is stuck or its thread died, or the GPU errored (Serve restarts us)."""
+        self.batcher.check_health()
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.batcher.stats
+        return {"steps": stats.steps, "prefills": stats.prefills, "largest_batch": stats.largest_batch,
+                "rows_failed": stats.rows_failed}
+
+
+def _cache_of(output: Any) -> DynamicCache:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

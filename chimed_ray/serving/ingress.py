@@ -2,13 +2,15 @@
 
 Routes on the request's `model` to that checkpoint's `ModelServer` handle. Every failure leaves
 as `{"error": {"message", "type", "param", "code"}}`: validation 400, auth 401, unknown model 404,
-Serve back-pressure 503 (or 429), anything unexpected 500.
+body too large 413, Serve back-pressure 503 (or 429, both with `Retry-After`), request timeout 504,
+anything unexpected 500 (whose body never carries the exception: that goes to the log).
+
+`RequestGate` (serving/gate.py) runs before any route: the API key, then the body size.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the routes that
 # Serve rebinds into class-based views.
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -20,6 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chimed_ray.serving import gate
+from chimed_ray.serving.gate import RequestGate
 from chimed_ray.serving.protocol import (
     ERROR_TYPES,
     ChatCompletionRequest,
@@ -35,6 +39,7 @@ from chimed_ray.serving.protocol import (
 )
 
 logger = logging.getLogger("ray.serve")
+RETRY_AFTER_S = "1"
 api = FastAPI(title="chimed-ray", description="OpenAI-compatible API for ChiMed checkpoints")
 
 
@@ -47,7 +52,11 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         type_ = ERROR_TYPES.get(self.status, "invalid_request_error")
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if self.status in (429, 503):
+            headers["Retry-After"] = RETRY_AFTER_S
         return JSONResponse(error_body(self.message, type_, self.param, self.code), self.status, headers=headers)
 
     @classmethod
@@ -79,23 +88,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return APIError(exc.status_code, str(exc.detail)).response()
 
 
-@api.middleware("http")
-async def _require_api_key(request: Request, call_next: Any) -> Any:
-    """Everything but /health needs `Authorization: Bearer <key>` when a key is set; checked before
-    the body is parsed, so a caller without the key learns nothing else."""
-    api_key = getattr(request.app.state, "api_key", "")
-    if api_key and not request.url.path.endswith("/health"):
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            return APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                            code="invalid_api_key").response()
-    return await call_next(request)
+api.add_middleware(RequestGate)
 
 
 @api.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s", request.url.path)
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error").response()
+    return APIError(500, "Internal server error; the details are in the server log.",
+                    code="internal_error").response()
 
 
 def overload_error(exc: BaseException) -> Optional[APIError]:
@@ -115,15 +115,15 @@ def overload_error(exc: BaseException) -> Optional[APIError]:
 class OpenAIIngress:
     """Routes OpenAI requests to one `ModelServer` deployment per model name."""
 
-    def __init__(self, models: dict[str, Any], api_key: str = ""):
+    def __init__(self, models: dict[str, Any], api_key: str = "", max_body_bytes: int = 2 * 1024 * 1024):
         self.models = models  # name -> DeploymentHandle (Serve replaces the bound apps)
-        api.state.api_key = api_key  # read by `_require_api_key`; one ingress per replica process
+        # Serve runs a pickled copy of `api`, so the gate's settings live in a module, not in `api.state`.
+        gate.configure(api_key, max_body_bytes)
         self.created = int(time.time())
 
     def _handle(self, model: str) -> Any:
-        if model not in self.models:
-            known = ", ".join(sorted(self.models))
-            raise APIError(404, f"The model `{model}` does not exist; served models: {known}", "model",
+        if model not in self.models:  # as OpenAI words it: the names live behind GET /v1/models
+            raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.", "model",
                            "model_not_found")
         return self.models[model]
 
@@ -136,7 +136,10 @@ class OpenAIIngress:
         )
         models = {}
         for name, reply in zip(names, replies):
-            models[name] = reply if isinstance(reply, dict) else {"status": "error", "error": repr(reply)}
+            if not isinstance(reply, dict):  # open route: the reason goes to the log, not the caller
+                logger.error("health of %s failed: %r", name, reply)
+                reply = {"status": "unavailable"}
+            models[name] = reply
         healthy = all(info.get("status") == "ok" for info in models.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "models": models}, 200 if healthy else 503)
 
@@ -210,9 +213,10 @@ class OpenAIIngress:
                     break
                 yield data(stream_chunk(generation, model, [choice]))
             complete = True
-        except Exception as exc:  # the replica died mid-stream: tell the client, do not hang
+        except Exception:  # the replica died mid-stream: tell the client, do not hang
             logger.exception("stream %s broke", generation.request_id)
-            yield data(error_body(f"stream interrupted: {exc}", "internal_error", None, "internal_error"))
+            yield data(error_body("The stream was interrupted by a server error; the details are in the server "
+                                  "log.", "internal_error", None, "internal_error"))
         finally:
             if not complete:  # client gone (or error): stop generating for it on the replica
                 events.cancel()

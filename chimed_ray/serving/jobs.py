@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from chimed_ray.serving.protocol import GenerationRequest
+from chimed_ray.serving.protocol import MAX_SEED, GenerationRequest
 from chimed_ray.serving.sampling import RowState
 
 
@@ -35,6 +35,11 @@ class Limits:
     max_n: int
     max_sequences: int
     chat_stop: list[str] = field(default_factory=list)
+    max_prompt_chars: int = 0  # 0: 16 characters per token of context
+    repetition_penalty: float = 1.0  # for requests that set no penalty of their own
+
+    def prompt_chars(self) -> int:
+        return self.max_prompt_chars or 16 * self.max_context
 
 
 @dataclass
@@ -45,10 +50,25 @@ class Job:
     rows: list[RowState]  # prompt-major: prompt p, choice j is rows[p * n + j]
     prompt_tokens: int
     started: float = field(default_factory=time.perf_counter)
+    timed_out: bool = False
 
     @property
     def completion_tokens(self) -> int:
         return sum(len(row.token_ids) for row in self.rows)
+
+    @property
+    def failed(self) -> bool:
+        return any(row.finish_reason == "error" for row in self.rows)
+
+    def cancel(self) -> None:
+        """Ask the engine to drop every row of this request at its next step."""
+        for row in self.rows:
+            row.cancelled = True
+
+    def expire(self) -> None:
+        """The request's deadline passed: cancel it and remember why."""
+        self.timed_out = True
+        self.cancel()
 
     def result(self) -> dict[str, Any]:
         """The replica's answer: prompt token count and one choice per row."""
@@ -79,6 +99,32 @@ def render_prompt(request: GenerationRequest, prompt: Any, tokenizer: Any) -> li
             raise RequestError("prompt: must not be empty", param="prompt")
         ids = [tokenizer.bos_token_id]
     return list(ids)
+
+
+def _check_prompt_size(request: GenerationRequest, limits: Limits, param: str) -> None:
+    """Refuse an oversized prompt by its characters, before paying for the tokenizer."""
+    if request.kind == "chat":
+        chars = sum(len(message["content"]) for messages in request.prompts for message in messages)
+    else:
+        chars = sum(len(prompt) for prompt in request.prompts)
+    if chars > limits.prompt_chars():
+        raise RequestError(
+            f"The {param} hold {chars} characters, more than the {limits.prompt_chars()} this model accepts "
+            f"({limits.max_context} tokens of context). Shorten the {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _penalties(request: GenerationRequest, limits: Limits) -> dict[str, float]:
+    """The request's penalties; the serving default repetition penalty when it asked for none
+    (OpenAI's frequency/presence penalties, when given, replace that default)."""
+    repetition = request.repetition_penalty
+    if repetition is None:
+        own = request.frequency_penalty or request.presence_penalty
+        repetition = 1.0 if own else limits.repetition_penalty
+    return {"repetition_penalty": repetition, "frequency_penalty": request.frequency_penalty,
+            "presence_penalty": request.presence_penalty}
 
 
 def _max_tokens(request: GenerationRequest, prompt_len: int, limits: Limits, param: str) -> int:
@@ -116,8 +162,13 @@ def prepare_job(request: GenerationRequest, tokenizer: Any, limits: Limits) -> J
         )
     if not request.prompts:
         raise RequestError("prompt: must not be empty", param="prompt")
+    if request.seed is not None and request.seed + sequences - 1 > MAX_SEED:
+        raise RequestError(f"seed: must be at most {MAX_SEED - sequences + 1} for {sequences} sequences "
+                           f"(each uses seed + its index), got {request.seed}", param="seed")
     param = "messages" if request.kind == "chat" else "prompt"
+    _check_prompt_size(request, limits, param)
     stop = list(request.stop) + (limits.chat_stop if request.kind == "chat" else [])
+    penalties = _penalties(request, limits)
     rows, prompt_tokens = [], 0
     for prompt_index, prompt in enumerate(request.prompts):
         ids = render_prompt(request, prompt, tokenizer)
@@ -131,6 +182,7 @@ def prepare_job(request: GenerationRequest, tokenizer: Any, limits: Limits) -> J
                     max_tokens=max_tokens,
                     temperature=request.temperature,
                     top_p=request.top_p,
+                    **penalties,
                     seed=None if request.seed is None else request.seed + index,
                     stop=stop,
                     ignore_eos=request.ignore_eos,

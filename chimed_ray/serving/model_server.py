@@ -1,12 +1,14 @@
-"""The per-checkpoint Serve deployment: validates requests, batches them, generates, reports.
+"""The per-checkpoint Serve deployment: validates requests, hands rows to the engine, reports.
 
 The ingress calls `generate` (one answer) or `generate_stream` (events) through a deployment
 handle. Both return plain dicts tagged by `type` ("result", "start", "delta", "finish", "error"),
 so a bad request or a failed generation becomes an error answer, never a dead replica.
 
-With batching on, concurrent jobs meet in `_batched` (`@serve.batch`, sized in sequences: n x
-prompts); batches that Serve forms while the engine is busy are merged by a `BatchCoalescer`, and
-each merged batch is one left-padded `generate` call. With batching off, jobs run one at a time.
+Requests are tokenized on a worker thread (never on the event loop, where they would stall every
+stream of the replica) and their rows go to the engine: the HF engine's continuous batcher, or
+vLLM. With batching off, one request runs at a time, and the lock is held until its rows have left
+the engine. A client that leaves, or a request past `engine.request_timeout_s`, has its rows
+cancelled: they leave the batch at the next step, and telemetry records the tokens really made.
 """
 
 from __future__ import annotations
@@ -15,21 +17,22 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from ray import serve
 
 from chimed_ray.config.serve import BatchingConfig, EngineConfig
-from chimed_ray.serving.coalesce import BatchCoalescer
 from chimed_ray.serving.jobs import Job, Limits, RequestError, prepare_job
 from chimed_ray.serving.protocol import GenerationRequest
 from chimed_ray.serving.telemetry import RequestTelemetry
 
 logger = logging.getLogger("ray.serve")
 _DONE = object()
+GENERATION_FAILED = "Generation failed on the server; the error is in the replica's log."
 
 
-def build_engine(path: str, engine: EngineConfig) -> Any:
+def build_engine(path: str, engine: EngineConfig, batching: BatchingConfig) -> Any:
     """The generation engine named by `engine.engine`, imported only when chosen."""
     if engine.engine == "vllm":
         from chimed_ray.serving.vllm_engine import VLLMEngine
@@ -37,13 +40,9 @@ def build_engine(path: str, engine: EngineConfig) -> Any:
         return VLLMEngine(path, engine.precision, engine.trust_remote_code, engine.max_context, engine.vllm_kwargs)
     from chimed_ray.serving.hf_engine import HFEngine
 
-    return HFEngine(path, engine.device, engine.precision, engine.trust_remote_code,
-                    engine.attn_implementation, engine.max_context)
-
-
-def count_sequences(jobs: list[Job]) -> int:
-    """Batch size as `@serve.batch` should see it: sequences, not requests."""
-    return sum(len(job.rows) for job in jobs)
+    return HFEngine(path, engine.device, engine.precision, engine.trust_remote_code, engine.attn_implementation,
+                    engine.max_context, batching.max_batch_size, batching.max_prefill_tokens,
+                    engine.stall_timeout_s)
 
 
 @serve.deployment(name="ModelServer")
@@ -53,42 +52,49 @@ class ModelServer:
     def __init__(self, model_name: str, path: str, engine: EngineConfig, batching: BatchingConfig,
                  log_requests: bool = True):
         self.model_name = model_name
-        self.engine = build_engine(path, engine)
+        self.engine = build_engine(path, engine, batching)
         self.limits = Limits(
             max_context=self.engine.max_context,
             default_max_tokens=engine.default_max_tokens,
             max_n=engine.max_n,
             max_sequences=batching.max_batch_size,
             chat_stop=list(engine.chat_stop),
+            max_prompt_chars=engine.max_prompt_chars,
+            repetition_penalty=engine.repetition_penalty,
         )
-        self.batching = batching.enabled and not self.engine.is_async
+        self.request_timeout_s = engine.request_timeout_s
+        self.batching = batching.enabled or engine.engine == "vllm"  # vLLM always batches inside
         self._one_at_a_time = asyncio.Lock()
-        self._coalescer = BatchCoalescer(self._generate_rows, batching.max_batch_size)
-        self._batched.set_max_batch_size(batching.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")  # HF tokenizers: one caller
         self.telemetry = RequestTelemetry(model_name, log_requests)
-        self.batches_run = 0
-        self.largest_batch = 0  # sequences in the biggest forward batch so far (tests, /health)
+
+    async def _prepare(self, request: GenerationRequest) -> Job:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, prepare_job, request, self.engine.tokenizer, self.limits)
 
     async def generate(self, request: GenerationRequest) -> dict[str, Any]:
         """Answer one request in full: `{"type": "result", "prompt_tokens", "choices"}` or an error."""
         try:
-            job = prepare_job(request, self.engine.tokenizer, self.limits)
+            job = await self._prepare(request)
         except RequestError as exc:
             return exc.to_event()
         try:
             await self._run(job)
-        except Exception as exc:  # a failed batch must not take the replica down
+        except asyncio.CancelledError:  # the client left; the engine has already dropped the rows
+            self._record(job, stream=False, status="cancelled")
+            raise
+        except Exception:  # a failed generation must not take the replica down
             logger.exception("request %s failed", request.request_id)
             self._record(job, stream=False, status="error")
-            return RequestError(f"generation failed: {exc}", status=500, code="internal_error").to_event()
-        self._record(job, stream=False)
-        return {"type": "result", **job.result()}
+            return RequestError(GENERATION_FAILED, status=500, code="internal_error").to_event()
+        failure = self._failure(job)
+        self._record(job, stream=False, status="ok" if failure is None else failure.code)
+        return failure.to_event() if failure else {"type": "result", **job.result()}
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: "start" (or "error"), then "delta"/"finish" events per choice."""
         try:
-            job = prepare_job(request, self.engine.tokenizer, self.limits)
+            job = await self._prepare(request)
         except RequestError as exc:
             yield exc.to_event()
             return
@@ -100,22 +106,21 @@ class ModelServer:
                 index, delta, finish_reason, tokens = item
                 if delta:
                     yield {"type": "delta", "index": index, "text": delta}
-                if finish_reason is not None:
+                if finish_reason == "error":
+                    job.cancel()  # the request failed: its other choices stop too
+                elif finish_reason is not None and finish_reason != "abort":
                     yield {"type": "finish", "index": index, "finish_reason": finish_reason,
                            "completion_tokens": tokens}
             drained = True
         finally:
-            if not drained:  # the client went away: the running batch drops these rows next step
-                for row in job.rows:
-                    row.cancelled = True
-                self._record(job, stream=True, status="cancelled")
-        if task.cancelled() or task.exception() is not None:
-            reason = "cancelled" if task.cancelled() else repr(task.exception())
-            logger.error("request %s failed: %s", request.request_id, reason)
-            self._record(job, stream=True, status="error")
-            yield RequestError(f"generation failed: {reason}", status=500, code="internal_error").to_event()
-            return
-        self._record(job, stream=True)
+            if not drained:  # the client went away: rows leave the batch at the next step
+                job.cancel()
+                task.add_done_callback(lambda _: self._record(job, stream=True, status="cancelled"))
+        broke = task.cancelled() or task.exception() is not None
+        failure = RequestError(GENERATION_FAILED, 500, code="internal_error") if broke else self._failure(job)
+        self._record(job, stream=True, status="ok" if failure is None else failure.code)
+        if failure is not None:
+            yield failure.to_event()
 
     def _start_streaming(self, job: Job) -> tuple[asyncio.Future, asyncio.Queue]:
         """Run `job` in the background; its rows push (index, delta, finish, tokens) onto a queue,
@@ -128,8 +133,8 @@ class ModelServer:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         def finished(done: asyncio.Future) -> None:
-            if not done.cancelled():
-                done.exception()  # retrieved so an abandoned stream logs no "never retrieved"
+            if not done.cancelled() and done.exception() is not None:
+                logger.error("stream of %s failed: %r", job.request.request_id, done.exception())
             events.put_nowait(_DONE)
 
         for row in job.rows:
@@ -139,27 +144,27 @@ class ModelServer:
         return task, events
 
     async def _run(self, job: Job) -> None:
-        if self.engine.is_async:
-            await self.engine.generate(job.rows)
-        elif self.batching:
-            await self._batched(job)
-        else:
-            async with self._one_at_a_time:
-                await self._generate_rows(job.rows)
+        """Generate `job`'s rows; past the request timeout they are cancelled (`job.timed_out`)."""
+        deadline = asyncio.get_running_loop().call_later(self.request_timeout_s, job.expire)
+        try:
+            if self.batching:
+                await self.engine.generate(job.rows)
+            else:
+                async with self._one_at_a_time:
+                    await self.engine.generate(job.rows)
+        finally:
+            deadline.cancel()
 
-    # Serve may hand over many batches at once; the coalescer runs them one forward pass at a time.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=1024,
-                 batch_size_fn=count_sequences)
-    async def _batched(self, jobs: list[Job]) -> list[None]:
-        await self._coalescer.submit([row for job in jobs for row in job.rows])
-        return [None] * len(jobs)
-
-    async def _generate_rows(self, rows: list) -> None:
-        """One forward batch, off the event loop so requests keep arriving meanwhile."""
-        self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(rows))
-        self.telemetry.forward_batch(len(rows))
-        await asyncio.to_thread(self.engine.generate, rows)
+    def _failure(self, job: Job) -> RequestError | None:
+        """What the client hears when the rows did not all finish well (None: they did)."""
+        if job.timed_out:
+            return RequestError(f"The request did not finish within {self.request_timeout_s:g} s and was "
+                                "cancelled; retry later or ask for fewer tokens.", status=504, code="timeout")
+        if job.failed:
+            logger.error("request %s failed: %s", job.request.request_id,
+                         "; ".join(row.error or "" for row in job.rows if row.error))
+            return RequestError(GENERATION_FAILED, status=500, code="internal_error")
+        return None
 
     def _record(self, job: Job, stream: bool, status: str = "ok") -> None:
         self.telemetry.record(
@@ -169,6 +174,7 @@ class ModelServer:
 
     async def info(self) -> dict[str, Any]:
         """What the ingress reports on /health."""
+        stats = self.engine.stats()
         return {
             "model": self.model_name,
             "status": "ok",
@@ -176,10 +182,13 @@ class ModelServer:
             "engine": type(self.engine).__name__,
             "device": getattr(self.engine, "device", "cuda"),
             "batching": self.batching,
-            "batches_run": self.batches_run,
-            "largest_batch": self.largest_batch,
+            **stats,
             "pid": os.getpid(),
         }
+
+    async def recent_requests(self) -> list[dict[str, Any]]:
+        """The last requests this replica finished (for operators and tests; not on HTTP)."""
+        return list(self.telemetry.recent)
 
     def check_health(self) -> None:
         """Serve's periodic health check; raising makes Serve replace the replica."""

@@ -1,7 +1,11 @@
 """OpenAI wire format: pydantic request models, response/chunk builders and the error shape.
 
 Only what clients of `/v1/chat/completions` and `/v1/completions` send is modelled; unknown fields
-are ignored the way OpenAI ignores them. `ignore_eos` is a vLLM-style extension for benchmarks.
+are ignored the way OpenAI ignores them. `ignore_eos` and `repetition_penalty` are vLLM-style
+extensions. Every number a row samples with is bounded here, so no request can reach the engine
+with a value that breaks sampling (NaN probabilities, an RNG seed out of range): temperature is 0
+or at least `TEMPERATURE_FLOOR`, seeds fit a signed 64-bit RNG seed, penalties are finite, and
+`stop` holds at most 4 strings of at most `MAX_STOP_CHARS` characters, as OpenAI allows.
 """
 
 from __future__ import annotations
@@ -11,7 +15,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TEMPERATURE_FLOOR = 1e-2  # below it softmax(logits / T) underflows to NaN in fp32 for real logits
+MAX_SEED = 2**63 - 1
+MAX_STOPS = 4
+MAX_STOP_CHARS = 128
 
 
 class ContentPart(BaseModel):
@@ -41,15 +50,35 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
     max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0.0, le=10.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     ignore_eos: bool = False
     user: Optional[str] = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_floor(cls, value: float) -> float:
+        if 0.0 < value < TEMPERATURE_FLOOR:
+            raise ValueError(f"must be 0 (greedy) or at least {TEMPERATURE_FLOOR}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_bounds(cls, value: Union[str, list[str], None]) -> Union[str, list[str], None]:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"each stop sequence may hold at most {MAX_STOP_CHARS} characters")
+        return value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -82,6 +111,9 @@ class GenerationRequest:
     top_p: float = 1.0
     n: int = 1
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: Optional[float] = None  # None: the server's default (engine.repetition_penalty)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: Optional[int] = None
     ignore_eos: bool = False
 
@@ -106,6 +138,9 @@ def to_generation_request(body: SamplingFields) -> GenerationRequest:
         top_p=body.top_p,
         n=body.n,
         stop=body.stop_list(),
+        repetition_penalty=body.repetition_penalty,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
         seed=body.seed,
         ignore_eos=body.ignore_eos,
     )
@@ -120,9 +155,11 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "internal_error",
     503: "service_unavailable",
+    504: "timeout",
 }
 
 

@@ -1,9 +1,10 @@
 """Per-sequence decoding state and sampling, shared by the generation engines.
 
-Every sequence in a batch (`RowState`) carries its own temperature, top-p, seed, stop strings and
-token budget, so requests with different settings share one forward pass. The state turns new
-token ids into text deltas that never split a UTF-8 character and never leak the start of a stop
-string, which is what streaming clients see.
+Every sequence in a batch (`RowState`) carries its own temperature, top-p, penalties, seed, stop
+strings and token budget, so requests with different settings share one forward pass. The state
+turns new token ids into text deltas that never split a UTF-8 character and never leak the start of
+a stop string, which is what streaming clients see. A row that fails (`fail`) ends alone, with
+finish reason "error"; the rest of its batch goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class RowState:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
@@ -36,6 +40,7 @@ class RowState:
     emitted: int = 0
     finish_reason: Optional[str] = None
     cancelled: bool = False
+    error: Optional[str] = None  # why the row failed (server log only; clients get a generic 500)
 
     @property
     def finished(self) -> bool:
@@ -58,6 +63,18 @@ class RowState:
         self.update_text(text, None)
         if not self.finished and len(self.token_ids) >= self.max_tokens:
             self._finish("length")
+
+    def fail(self, error: str) -> None:
+        """End this row alone: finish reason "error", nothing more streamed."""
+        if not self.finished:
+            self.error = error
+            self.finish_reason = "error"
+            self._emit(self.emitted, force=True)
+
+    def abort(self) -> None:
+        """End a cancelled row where it stands (the client left or its deadline passed)."""
+        if not self.finished:
+            self._finish("abort")
 
     def update_text(self, text: str, finish_reason: Optional[str]) -> None:
         """Set the full text so far (cut at the first stop string) and stream what is safe."""
@@ -111,17 +128,63 @@ def make_generator(seed: Optional[int], device: "torch.device | str") -> "torch.
     return generator
 
 
-def sample_token(logits: "torch.Tensor", temperature: float, top_p: float, generator: "torch.Generator") -> int:
-    """Draw one token id from `logits` [V]: greedy at temperature 0, else nucleus sampling."""
+@dataclass
+class PenaltyBatch:
+    """Repetition penalties of B live rows for one step, sparse over the tokens they touch."""
+
+    repetition: "torch.Tensor"  # [B]: multiplicative, over tokens seen in prompt or output (1: none)
+    frequency: "torch.Tensor"  # [B]: OpenAI's, per time a token was generated
+    presence: "torch.Tensor"  # [B]: OpenAI's, once a token was generated
+    seen_rows: "torch.Tensor"  # [N] long: (row, token) pairs seen in the prompt or the output...
+    seen_tokens: "torch.Tensor"  # [N] long: ...each pair once
+    generated_rows: "torch.Tensor"  # [M] long: (row, token) pairs the row generated...
+    generated_tokens: "torch.Tensor"  # [M] long
+    counts: "torch.Tensor"  # [M] float: ...and how many times
+
+
+def apply_penalties(logits: "torch.Tensor", penalties: PenaltyBatch) -> "torch.Tensor":
+    """`logits` [B, V] with the penalties applied (a new tensor; the input is untouched).
+
+    The repetition penalty works as HF's `RepetitionPenaltyLogitsProcessor` and vLLM's do: over
+    every token seen in the prompt or the output, a positive logit is divided by it and a negative
+    one multiplied. Frequency and presence are OpenAI's additive penalties over the output only:
+    `logit -= frequency * count + presence * (count > 0)`. Only the touched entries are computed.
+    """
     import torch
 
-    if temperature == 0.0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    sorted_probs, order = probs.sort(descending=True)
-    # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
-    choice = torch.multinomial(sorted_probs * keep, 1, generator=generator)
-    return int(order[choice])
+    logits = logits.float().clone()
+    rows, tokens = penalties.seen_rows, penalties.seen_tokens
+    values, repetition = logits[rows, tokens], penalties.repetition[rows]
+    logits[rows, tokens] = torch.where(values > 0, values / repetition, values * repetition)
+    rows, tokens = penalties.generated_rows, penalties.generated_tokens
+    logits[rows, tokens] -= penalties.frequency[rows] * penalties.counts + penalties.presence[rows]
+    return logits
+
+
+def sample_rows(logits: "torch.Tensor", temperature: "torch.Tensor", top_p: "torch.Tensor",
+                generators: list["torch.Generator"]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """One token per row from `logits` [B, V]: greedy where temperature is 0, else nucleus sampling
+    with the row's own RNG. Returns the tokens [B] and whether each row's distribution was finite [B].
+
+    A draw inverts the row's CDF at one uniform from its generator, which is what `multinomial`
+    does for one sample, batched over rows: one cheap RNG call per row instead of a multinomial.
+    """
+    import torch
+
+    tokens = logits.argmax(-1)
+    valid = torch.ones(len(tokens), dtype=torch.bool, device=logits.device)
+    sampled = (temperature > 0).nonzero().flatten()
+    if sampled.numel() == 0:
+        return tokens, valid
+    probs = torch.softmax(logits[sampled] / temperature[sampled, None], dim=-1)
+    order = None
+    if bool((top_p[sampled] < 1.0).any()):
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p[sampled, None])
+    cdf = probs.cumsum(-1)  # [S, V]; a row of NaN (or no mass) has no valid draw
+    valid[sampled] = torch.isfinite(cdf[:, -1]) & (cdf[:, -1] > 0)
+    uniform = torch.cat([torch.rand(1, generator=generators[i], device=probs.device) for i in sampled.tolist()])
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    tokens[sampled] = choice.squeeze(-1) if order is None else order.gather(-1, choice).squeeze(-1)
+    return tokens, valid

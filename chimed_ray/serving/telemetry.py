@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 
 logger = logging.getLogger("ray.serve")
@@ -19,6 +20,7 @@ class RequestTelemetry:
 
         self.model_name = model_name
         self.log_requests = log_requests
+        self.recent: collections.deque[dict] = collections.deque(maxlen=64)  # last finished requests
         tags = ("model", "endpoint", "status")
         self.requests = Counter("chimed_serve_requests", "Requests finished, by status", tag_keys=tags)
         self.prompt_tokens = Counter("chimed_serve_prompt_tokens", "Prompt tokens processed", tag_keys=("model",))
@@ -44,9 +46,13 @@ class RequestTelemetry:
                latency_s: float, stream: bool, status: str = "ok") -> None:
         """Count one request and write its log line."""
         model = {"model": self.model_name}
+        self.recent.append({"request_id": request_id, "status": status, "stream": stream,
+                            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
         self.requests.inc(1, tags={**model, "endpoint": endpoint, "status": status})
-        self.prompt_tokens.inc(prompt_tokens, tags=model)
-        self.completion_tokens.inc(completion_tokens, tags=model)
+        if prompt_tokens:  # Ray counters refuse an increment of 0
+            self.prompt_tokens.inc(prompt_tokens, tags=model)
+        if completion_tokens:
+            self.completion_tokens.inc(completion_tokens, tags=model)
         self.latency.observe(latency_s, tags={**model, "endpoint": endpoint})
         rate = completion_tokens / latency_s if latency_s > 0 else 0.0
         if completion_tokens:

@@ -59,14 +59,21 @@ class VLLMEngine:
             return 2048
 
     async def generate(self, rows: list[RowState]) -> None:
-        """Run every row as its own vLLM request, concurrently."""
+        """Run every row as its own vLLM request, concurrently; a row that raises fails alone.
+        Cancelled, vLLM aborts the rows' requests (AsyncLLMEngine.generate does on CancelledError)."""
         await asyncio.gather(*(self._generate_row(row) for row in rows))
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     async def _generate_row(self, row: RowState) -> None:
         params = self._vllm.SamplingParams(
             n=1,
             temperature=row.temperature,
             top_p=row.top_p,
+            repetition_penalty=row.repetition_penalty,
+            frequency_penalty=row.frequency_penalty,
+            presence_penalty=row.presence_penalty,
             max_tokens=row.max_tokens,
             stop=row.stop or None,
             seed=row.seed,
@@ -83,6 +90,9 @@ class VLLMEngine:
                 completion = output.outputs[0]
                 row.token_ids = list(completion.token_ids)
                 row.update_text(completion.text, completion.finish_reason if output.finished else None)
+        except Exception as exc:  # one bad row must not fail the others gathered with it
+            logger.exception("vLLM request %s failed", request_id)
+            row.fail(repr(exc))
         finally:
             if not row.finished:
                 row.update_text(row.text, "abort")

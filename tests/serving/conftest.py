@@ -26,6 +26,18 @@ def second_checkpoint(tmp_path_factory, tokenizer) -> Path:
     return save_hf_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt-b") / "tiny-b")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process engines use one intra-op thread, as Serve replicas with num_cpus=1 do (Ray sets
+    OMP_NUM_THREADS=1 there); two threads on a busy 2-core machine spin against each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,7 +74,6 @@ def serve_overrides(first: Path, second: Path, port: int) -> list[str]:
         "engine.default_max_tokens=16",
         "engine.max_n=4",
         "batching.max_batch_size=8",
-        "batching.batch_wait_timeout_s=0.05",
     ]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 import pytest
 import requests
@@ -110,15 +112,115 @@ def test_streaming_completion_sse_ends_with_done(served):
     assert {choice["index"] for choice in choices if choice["finish_reason"]} == {0, 1}
 
 
+def replica_records(served, model: str = "tiny") -> list[dict]:
+    """The replica's last finished requests (through a deployment handle, not HTTP)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(f"Model_{model}", app_name="chimed-ray-test")
+    return handle.recent_requests.remote().result(timeout_s=60)
+
+
+def wait_for_record(served, known: set[str], stream: bool) -> dict:
+    """The first new request record with status cancelled (written once its rows left the engine)."""
+    for _ in range(600):
+        for record in replica_records(served):
+            if record["request_id"] not in known and record["stream"] == stream and record["status"] == "cancelled":
+                return record
+        time.sleep(0.1)
+    raise AssertionError("the replica never recorded the cancelled request")
+
+
 def test_client_leaving_mid_stream_does_not_hurt_the_replica(served, client, baseline):
+    known = {record["request_id"] for record in replica_records(served)}
     body = {"model": "tiny", "prompt": "咳嗽", "max_tokens": 400, "ignore_eos": True, "stream": True}
     with requests.post(f"{served.url}/completions", json=body, headers=served.headers(), stream=True,
                        timeout=60) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
         assert next(line for line in lines if line).startswith(b"data: ")
+    record = wait_for_record(served, known, stream=True)
+    assert record["completion_tokens"] < 400  # its rows stopped early; they did not run to max_tokens
     after = client.completions.create(model="tiny", prompt="咳嗽", max_tokens=3)
     assert after.usage.completion_tokens >= 1
+    assert_healthy(served, baseline)
+
+
+def test_non_streaming_client_leaving_stops_its_generation(served, baseline):
+    known = {record["request_id"] for record in replica_records(served)}
+    body = json.dumps({"model": "tiny", "prompt": "咳嗽", "max_tokens": 400, "ignore_eos": True}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {served.api_key}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+        sock.sendall(head + body)
+        time.sleep(1.0)  # let generation start; the check below holds however far it got
+    record = wait_for_record(served, known, stream=False)
+    assert record["completion_tokens"] < 400
+    assert_healthy(served, baseline)
+
+
+def test_only_the_exact_health_route_is_open(served, baseline):
+    for path in ("/v1/models/tiny/health", "/v1/models/tiny-b/health", "/v1/models/nope/health", "/v1/health",
+                 "/health/../v1/models"):
+        response = requests.get(f"{served.root}{path}", timeout=30)
+        assert response.status_code == 401, (path, response.text)
+        assert "tiny" not in response.text
+    assert requests.post(f"{served.root}/health", timeout=30).status_code == 401
+    missing = requests.get(f"{served.url}/models/nope", headers=served.headers(), timeout=30)
+    assert missing.status_code == 404 and "tiny" not in missing.text  # a 404 does not list the models
+    assert requests.get(f"{served.root}/health", timeout=30).status_code == 200
+    assert_healthy(served, baseline)
+
+
+def test_a_huge_body_is_refused_unread_while_a_stream_keeps_flowing(served, baseline):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream_body = {"model": "tiny", "prompt": "发热", "max_tokens": 120, "ignore_eos": True, "stream": True,
+                   "stream_options": {"include_usage": True}}
+
+    def stream() -> int:
+        response = requests.post(f"{served.url}/completions", json=stream_body, headers=served.headers(), timeout=120)
+        events = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+        return json.loads(events[-2])["usage"]["completion_tokens"]
+
+    huge = json.dumps({"model": "tiny", "prompt": "病" * (20 * 1024 * 1024 // 3)})
+    headers = {**served.headers(), "Content-Type": "application/json"}
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        start = time.perf_counter()
+        refused = requests.post(f"{served.url}/completions", data=huge.encode(), headers=headers, timeout=60)
+        elapsed = time.perf_counter() - start
+        chunked = requests.post(f"{served.url}/completions", data=iter([huge.encode()[i:i + 2**20]
+                                                                        for i in range(0, len(huge.encode()), 2**20)]),
+                                headers=headers, timeout=60)  # no Content-Length: capped while reading
+        assert streaming.result() == 120
+    print(f"20 MB body refused in {elapsed:.2f} s")
+    for response in (refused, chunked):
+        assert response.status_code == 413, response.text[:200]
+        assert response.json()["error"]["code"] == "request_too_large"
+    assert elapsed < 30  # a generous bound: it took 23 s before the cap, well under 1 s with it
+    assert_healthy(served, baseline)
+
+
+def test_hostile_mix_fails_only_the_bad_requests(served, baseline):
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = {"model": "tiny", "prompt": "高血压", "max_tokens": 8, "ignore_eos": True, "temperature": 0.7}
+    bad = [{**good, "temperature": 1e-40}, {**good, "seed": 2**64}, {**good, "stop": ["x"] * 2000},
+           {**good, "presence_penalty": 1e9}, {**good, "n": 2, "seed": 2**63 - 1}]
+    bodies = [dict(good, seed=i) for i in range(12)]
+    for index, body in enumerate(bad):
+        bodies.insert(2 * index + 1, body)
+
+    def call(body):
+        return requests.post(f"{served.url}/completions", json=body, headers=served.headers(), timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, bodies))
+    for body, response in zip(bodies, responses):
+        if body in bad:
+            assert response.status_code == 400, response.text
+        else:
+            assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 8
     assert_healthy(served, baseline)
 
 
@@ -168,6 +270,12 @@ BAD_REQUESTS = [
     ("chat/completions", {"model": "tiny", "messages": CHAT, "max_tokens": 100000}, 400, "max_tokens",
      "context_length_exceeded"),
     ("completions", {"model": "tiny", "prompt": [1, 2, 3]}, 400, None, None),
+    ("completions", {"model": "tiny", "prompt": "x", "temperature": 1e-40}, 400, "temperature", None),
+    ("completions", '{"model": "tiny", "prompt": "x", "temperature": NaN}', 400, "temperature", None),
+    ("completions", {"model": "tiny", "prompt": "x", "seed": 2**64}, 400, "seed", None),
+    ("completions", {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ("completions", {"model": "tiny", "prompt": "x", "stop": ["s" * 2000]}, 400, "stop", None),
+    ("completions", {"model": "tiny", "prompt": "x", "frequency_penalty": 1e400}, 400, "frequency_penalty", None),
     ("completions", {"model": "tiny-b", "prompt": TOO_LONG}, 400, "prompt", "context_length_exceeded"),
 ]
 
@@ -215,6 +323,7 @@ def test_overload_answers_503_and_recovers(served, baseline):
     for response in responses:
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "overloaded"
+            assert int(response.headers["Retry-After"]) >= 1
     assert_healthy(served, baseline)
 
 

@@ -83,8 +83,8 @@ def test_build_app_wires_one_deployment_per_model(tiny_checkpoint, second_checkp
     argv = ["--config", str(CONFIGS / "tiny.yaml"), "--checkpoint", str(tiny_checkpoint),
             "--checkpoint", f"b={second_checkpoint}", "deployment.max_ongoing_requests=7", "http.api_key=k"]
     app = build_app(parse_args(argv))
-    models, api_key = app._bound_deployment.init_args
-    assert api_key == "k" and sorted(models) == ["b", "tiny"]
+    models, api_key, max_body_bytes = app._bound_deployment.init_args
+    assert api_key == "k" and sorted(models) == ["b", "tiny"] and max_body_bytes == 2 * 1024 * 1024
     bound = models["b"]._bound_deployment
     assert bound.name == "Model_b" and bound.max_ongoing_requests == 7
     assert bound.init_args[:2] == ("b", str(Path(second_checkpoint).resolve()))
@@ -96,3 +96,43 @@ def test_build_app_wires_one_deployment_per_model(tiny_checkpoint, second_checkp
     assert sorted(same._bound_deployment.init_args[0]) == sorted(models)
     with pytest.raises(ConfigError, match=r"models\[0\].path: checkpoint directory"):
         build_app(parse_args(["--checkpoint", "/does/not/exist"]))
+
+
+def test_a_public_host_without_an_api_key_refuses_to_start(tiny_checkpoint, monkeypatch):
+    from chimed_ray.serving.app import build_app
+    from chimed_ray.serving.run import parse_args
+
+    monkeypatch.delenv("CHIMED_RAY_API_KEY", raising=False)
+    public = ["--config", str(CONFIGS / "tiny.yaml"), "--checkpoint", str(tiny_checkpoint), "http.host=0.0.0.0"]
+    with pytest.raises(ConfigError, match=r"http.host: 0.0.0.0 is reachable .*CHIMED_RAY_API_KEY is unset"):
+        build_app(parse_args(public))
+    monkeypatch.setenv("CHIMED_RAY_API_KEY", "")  # set but empty is no key either
+    with pytest.raises(ConfigError, match="http.host"):
+        build_app(parse_args(public))
+    assert build_app(parse_args(public + ["http.allow_unauthenticated=true"]))._bound_deployment.init_args[1] == ""
+    monkeypatch.setenv("CHIMED_RAY_API_KEY", "from-env")
+    assert build_app(parse_args(public))._bound_deployment.init_args[1] == "from-env"
+    monkeypatch.delenv("CHIMED_RAY_API_KEY")
+    loopback = build_app(parse_args(public[:-1]))  # 127.0.0.1: only this machine can call it
+    assert loopback._bound_deployment.init_args[1] == ""
+
+
+def test_the_gpu_config_needs_its_key_from_the_environment(monkeypatch):
+    from chimed_ray.serving.app import resolve_api_key
+
+    config = load_config(ServeConfig, CONFIGS / "gpu.yaml")
+    assert config.http.host == "0.0.0.0" and not config.http.api_key and not config.http.allow_unauthenticated
+    monkeypatch.delenv("CHIMED_RAY_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="export CHIMED_RAY_API_KEY"):
+        resolve_api_key(config.http)
+    monkeypatch.setenv("CHIMED_RAY_API_KEY", "secret")
+    assert resolve_api_key(config.http) == "secret"
+
+
+def test_cli_refuses_a_public_server_in_one_line(monkeypatch, capsys):
+    from chimed_ray.cli import main
+
+    monkeypatch.delenv("CHIMED_RAY_API_KEY", raising=False)
+    code = main(["serve", "--config", str(CONFIGS / "gpu.yaml"), "block=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "http.host" in err[0] and "Traceback" not in err[0]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from chimed_ray.serving.jobs import Limits, RequestError, prepare_job
 from chimed_ray.serving.protocol import GenerationRequest
-from chimed_ray.serving.sampling import RowState, make_generator, sample_token
+from chimed_ray.serving.sampling import RowState
 
 CHAT = [[{"role": "user", "content": "头痛怎么办"}]]
 
@@ -51,16 +50,6 @@ def test_cancelled_row_stops_at_the_next_token():
     assert row.finish_reason == "abort" and row.token_ids == []
 
 
-def test_sample_token_greedy_nucleus_and_seeds():
-    logits = torch.tensor([0.0, 3.0, 1.0, 2.9])
-    assert sample_token(logits, 0.0, 1.0, make_generator(None, "cpu")) == 1
-    # top_p this small keeps only the most likely token, whatever the temperature.
-    assert {sample_token(logits, 2.0, 0.01, make_generator(s, "cpu")) for s in range(20)} == {1}
-    draws = [sample_token(logits, 1.5, 1.0, make_generator(s, "cpu")) for s in range(50)]
-    assert draws == [sample_token(logits, 1.5, 1.0, make_generator(s, "cpu")) for s in range(50)]
-    assert len(set(draws)) > 1
-
-
 def limits(**kwargs) -> Limits:
     base = dict(max_context=64, default_max_tokens=16, max_n=4, max_sequences=8, chat_stop=["[human]:"])
     return Limits(**{**base, **kwargs})
@@ -101,60 +90,12 @@ def test_prepare_job_rejects_what_cannot_be_served(tokenizer, changes, param, co
     assert caught.value.status == 400 and caught.value.param == param and caught.value.code == code
 
 
-def test_hf_engine_batches_mixed_settings(tiny_checkpoint, tokenizer):
-    """Greedy rows give the same text alone and inside a batch with sampled rows of other lengths."""
-    from chimed_ray.serving.hf_engine import HFEngine
-
-    engine = HFEngine(str(tiny_checkpoint), "auto", "auto", False, "sdpa", 0)
-    assert (engine.device, engine.precision) == ("cpu", "fp32")
-
-    def rows():
-        greedy = prepare_job(request(kind="completion", prompts=["高血压"], max_tokens=8, temperature=0.0,
-                                     ignore_eos=True), tokenizer, limits()).rows
-        sampled = prepare_job(request(max_tokens=5, temperature=1.2, top_p=0.8, seed=3, n=2), tokenizer, limits()).rows
-        return greedy, sampled
-
-    alone, _ = rows()
-    engine.generate(alone)
-    greedy, sampled = rows()
-    engine.generate(greedy + sampled)
-    assert greedy[0].text == alone[0].text and len(greedy[0].token_ids) == 8
-    assert all(row.finished and len(row.token_ids) <= 5 for row in sampled)
-
-
 def test_vllm_engine_without_vllm_names_the_fix(monkeypatch):
     import sys
 
-    from chimed_ray.config.serve import EngineConfig
+    from chimed_ray.config.serve import BatchingConfig, EngineConfig
     from chimed_ray.serving.model_server import build_engine
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail even where it is installed
     with pytest.raises(RuntimeError, match=r"engine.engine=vllm .*pip install vllm.*engine.engine=hf"):
-        build_engine("/unused", EngineConfig(engine="vllm"))
-
-
-def test_coalescer_merges_what_queues_behind_a_busy_engine():
-    import asyncio
-
-    from chimed_ray.serving.coalesce import BatchCoalescer
-
-    async def scenario():
-        passes: list[list[str]] = []
-
-        async def run(rows):
-            passes.append(list(rows))
-            if "boom" in rows:
-                raise ValueError("engine failed")
-            await asyncio.sleep(0.05)
-
-        coalescer = BatchCoalescer(run, max_rows=4)
-        first = asyncio.ensure_future(coalescer.submit(["a"]))
-        await asyncio.sleep(0.01)  # "a" is running; the rest queue behind it
-        rest = [asyncio.ensure_future(coalescer.submit(rows)) for rows in (["b", "c"], ["d"], ["e", "f"], ["boom"])]
-        results = await asyncio.gather(first, *rest, return_exceptions=True)
-        return passes, results
-
-    passes, results = asyncio.run(scenario())
-    assert passes == [["a"], ["b", "c", "d"], ["e", "f", "boom"]]  # merged, never above max_rows
-    assert results[:3] == [None, None, None]
-    assert all(isinstance(r, ValueError) for r in results[3:])  # the failed pass fails its callers
+        build_engine("/unused", EngineConfig(engine="vllm"), BatchingConfig())

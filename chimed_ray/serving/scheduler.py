@@ -1,0 +1,314 @@
+"""Continuous batching: iteration-level scheduling of rows over one model (Orca, OSDI '22; TGI).
+
+One thread owns the model. Each iteration it
+1. ends rows whose client left or whose deadline passed (they leave the batch at once),
+2. admits waiting rows while there are free slots, up to `max_prefill_tokens` prompt tokens, and
+   prefills them (at least one row per iteration, so a long prompt cannot starve),
+3. runs one decode step for every live row, and
+4. retires finished rows, resolving a submission's future once all of its rows are done.
+So a new request joins the running batch at the next step, and prefill and decode alternate: no
+iteration runs more than one prefill chunk before the decode step that every live row shares.
+
+A failure stays with its row: sampling, seeding and penalties run per row (`RowState.fail`), and a
+prefill that raises is retried row by row. Only a decode forward that raises fails the rows in it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from chimed_ray.serving.row_batch import RowBatch, concat_rows, select_rows
+from chimed_ray.serving.sampling import PenaltyBatch, RowState, apply_penalties, make_generator, sample_rows
+
+logger = logging.getLogger("ray.serve")
+
+
+class StepModel(Protocol):
+    """The two forwards the scheduler needs (see `HFEngine`)."""
+
+    device: torch.device | str
+    eos_ids: set[int]
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, RowBatch]:
+        """Logits of each prompt's last position [N, V] and the new rows' batch."""
+
+    def decode(self, batch: RowBatch, tokens: torch.Tensor) -> tuple[torch.Tensor, RowBatch]:
+        """Feed `tokens` [B]; logits [B, V] and the grown batch."""
+
+    def decode_text(self, ids: list[int]) -> str:
+        """Token ids to text."""
+
+
+@dataclass
+class _Submission:
+    rows: list[RowState]
+    future: Future
+    remaining: int
+
+
+@dataclass
+class _Slot:
+    """A live row: its submission, RNG, token statistics and the token it feeds next."""
+
+    row: RowState
+    submission: _Submission
+    generator: Optional[torch.Generator] = None
+    seen: set[int] = field(default_factory=set)  # in the prompt or generated (repetition penalty)
+    counts: dict[int, int] = field(default_factory=dict)  # times generated (frequency/presence)
+    next_token: int = 0
+    released: bool = False  # counted as done in its submission
+
+    def start(self, device: torch.device | str) -> None:
+        """The row's RNG, made when its first logits arrive (a bad seed fails this row only)."""
+        self.generator = make_generator(self.row.seed, device)
+        self.seen = set(self.row.prompt_ids)
+
+    def record(self, token: int) -> None:
+        self.seen.add(token)
+        self.counts[token] = self.counts.get(token, 0) + 1
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    prefills: int = 0
+    largest_batch: int = 0
+    rows_failed: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class ContinuousBatcher:
+    """Runs rows through `model` on a background thread; `submit` returns a Future per submission."""
+
+    def __init__(self, model: StepModel, max_rows: int, max_prefill_tokens: int, stall_timeout_s: float):
+        self.model = model
+        self.max_rows = max_rows
+        self.max_prefill_tokens = max_prefill_tokens
+        self.stall_timeout_s = stall_timeout_s
+        self.stats = SchedulerStats()
+        self._waiting: collections.deque[_Slot] = collections.deque()
+        self._live: list[_Slot] = []
+        self._admitting: list[_Slot] = []  # out of the queue, not yet in the batch
+        self._batch: Optional[RowBatch] = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: list[RowState]) -> Future:
+        """Queue `rows`; the Future resolves (to None) once every one of them has finished."""
+        future: Future = Future()
+        submission = _Submission(rows, future, len(rows))
+        with self._wake:
+            self._waiting.extend(_Slot(row, submission) for row in rows)
+            self._wake.notify()
+        return future
+
+    @property
+    def live_rows(self) -> int:
+        """Rows in the running batch right now."""
+        return len(self._live)
+
+    def check_health(self) -> None:
+        """Raise if the thread died, or holds work without progress for `stall_timeout_s`."""
+        if not self._thread.is_alive() and not self._closed:
+            raise RuntimeError("the generation thread has died")
+        stalled = time.monotonic() - self.stats.last_progress
+        if (self._live or self._waiting) and stalled > self.stall_timeout_s:
+            raise RuntimeError(f"the generation thread made no progress for {stalled:.0f} s "
+                               f"(engine.stall_timeout_s={self.stall_timeout_s:g})")
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._waiting or self._live or self._closed):
+                    self._wake.wait()
+                    self.stats.last_progress = time.monotonic()  # idle is not stuck
+                if self._closed:
+                    return
+            try:
+                self._iteration()
+            except Exception:  # a bug here must not kill the thread: fail what it held, go on
+                logger.exception("continuous batcher iteration failed")
+                live = {id(slot) for slot in self._live}
+                stranded = [slot for slot in self._admitting if id(slot) not in live]
+                self._fail(self._live + stranded, "scheduler error")
+                self._retire()
+                for slot in stranded:
+                    self._done(slot)
+            self._admitting = []
+            self.stats.last_progress = time.monotonic()
+
+    def _iteration(self) -> None:
+        for slot in self._live:
+            if slot.row.cancelled:
+                slot.row.abort()
+        self._retire()
+        admitted = self._admitting = self._admit()
+        if admitted:
+            self._prefill(admitted)
+            self._retire()
+        if self._live:
+            self._decode()
+            self._retire()
+
+    def _admit(self) -> list[_Slot]:
+        """Waiting rows that fit the free slots and the prefill budget (always one if a slot is free)."""
+        admitted, tokens = [], 0
+        with self._wake:
+            while self._waiting and len(self._live) + len(admitted) < self.max_rows:
+                slot = self._waiting[0]
+                if slot.row.cancelled:
+                    self._waiting.popleft()
+                    slot.row.abort()
+                    self._done(slot)
+                    continue
+                if admitted and tokens + len(slot.row.prompt_ids) > self.max_prefill_tokens:
+                    break
+                admitted.append(self._waiting.popleft())
+                tokens += len(slot.row.prompt_ids)
+        return admitted
+
+    def _prefill(self, admitted: list[_Slot]) -> None:
+        """Prefill the admitted rows together, or one by one if that raises; join them to the batch."""
+        try:
+            groups = [(admitted, *self.model.prefill([s.row.prompt_ids for s in admitted]))]
+        except Exception:
+            logger.exception("prefill of %d rows failed; retrying them one by one", len(admitted))
+            groups = []
+            for slot in admitted:
+                try:
+                    groups.append(([slot], *self.model.prefill([slot.row.prompt_ids])))
+                except Exception as exc:
+                    self._fail([slot], f"prefill failed: {exc!r}")
+                    self._done(slot)
+        for slots, logits, batch in groups:
+            self.stats.prefills += 1
+            self._sample(slots, logits)
+            self._live.extend(slots)
+            self._batch = concat_rows(self._batch, batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(self._live))
+
+    def _decode(self) -> None:
+        tokens = torch.tensor([slot.next_token for slot in self._live], dtype=torch.long, device=self.model.device)
+        try:
+            logits, self._batch = self.model.decode(self._batch, tokens)
+        except Exception as exc:
+            logger.exception("decode step over %d rows failed", len(self._live))
+            self._fail(self._live, f"decode failed: {exc!r}")
+            return
+        self.stats.steps += 1
+        self._sample(self._live, logits)
+
+    def _sample(self, slots: list[_Slot], logits: torch.Tensor) -> None:
+        """Draw and feed one token per unfinished row of `logits` [len(slots), V], all rows at once;
+        if that raises, row by row, so whatever goes wrong fails only the row it belongs to."""
+        for slot in slots:
+            if slot.generator is None and not slot.row.finished:
+                try:
+                    slot.start(logits.device)
+                except Exception as exc:
+                    self._fail([slot], f"sampling setup failed: {exc!r}")
+        index = [i for i, slot in enumerate(slots) if not slot.row.finished]
+        try:
+            self._draw([slots[i] for i in index], logits[index])
+        except Exception:
+            for i in index:
+                try:
+                    self._draw([slots[i]], logits[i:i + 1])
+                except Exception as exc:
+                    self._fail([slots[i]], f"sampling failed: {exc!r}")
+
+    def _draw(self, slots: list[_Slot], logits: torch.Tensor) -> None:
+        if not slots:
+            return
+        rows = [slot.row for slot in slots]
+        device = logits.device
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        if any(row.repetition_penalty != 1.0 or row.frequency_penalty or row.presence_penalty for row in rows):
+            logits = apply_penalties(logits, self._penalties(slots, device))
+        no_eos = [i for i, row in enumerate(rows) if row.ignore_eos]
+        if no_eos and self.model.eos_ids:
+            eos = torch.tensor(sorted(self.model.eos_ids), device=device)
+            logits[torch.tensor(no_eos, device=device)[:, None], eos] = float("-inf")
+        tokens, valid = sample_rows(logits, column([row.temperature for row in rows]),
+                                    column([row.top_p for row in rows]), [slot.generator for slot in slots])
+        for slot, token, ok in zip(slots, tokens.tolist(), valid.tolist()):
+            if not ok:
+                self._fail([slot], "sampling failed: non-finite probabilities")
+                continue
+            try:
+                slot.next_token = token
+                slot.record(token)
+                slot.row.add_token(token, self.model.decode_text, self.model.eos_ids)
+            except Exception as exc:
+                self._fail([slot], f"feeding the token failed: {exc!r}")
+
+    @staticmethod
+    def _penalties(slots: list[_Slot], device: torch.device | str) -> PenaltyBatch:
+        def column(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        seen = [(i, token) for i, slot in enumerate(slots) for token in slot.seen]
+        generated = [(i, token, count) for i, slot in enumerate(slots) for token, count in slot.counts.items()]
+        return PenaltyBatch(
+            repetition=column([slot.row.repetition_penalty for slot in slots]),
+            frequency=column([slot.row.frequency_penalty for slot in slots]),
+            presence=column([slot.row.presence_penalty for slot in slots]),
+            seen_rows=column([i for i, _ in seen], torch.long),
+            seen_tokens=column([token for _, token in seen], torch.long),
+            generated_rows=column([i for i, _, _ in generated], torch.long),
+            generated_tokens=column([token for _, token, _ in generated], torch.long),
+            counts=column([count for *_, count in generated]),
+        )
+
+    def _fail(self, slots: list[_Slot], error: str) -> None:
+        for slot in slots:
+            if not slot.row.finished:
+                self.stats.rows_failed += 1
+                logger.error("row %d failed: %s", slot.row.choice_index, error)
+                _quietly(slot.row.fail, error)
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch at once and resolve completed submissions."""
+        keep = [i for i, slot in enumerate(self._live) if not slot.row.finished]
+        if len(keep) == len(self._live):
+            return
+        finished = [slot for slot in self._live if slot.row.finished]
+        self._batch = select_rows(self._batch, keep) if self._batch is not None else None
+        self._live = [self._live[i] for i in keep]
+        for slot in finished:  # resolved after they left, so a caller never sees its rows still live
+            self._done(slot)
+
+    def _done(self, slot: _Slot) -> None:
+        if slot.released:
+            return
+        slot.released = True
+        submission = slot.submission
+        submission.remaining -= 1
+        if submission.remaining == 0 and not submission.future.done():
+            submission.future.set_result(None)
+
+
+def _quietly(call: Callable[..., Any], *args: Any) -> None:
+    """Run a row callback whose own failure (a streaming listener on a closed loop) must not spread."""
+    try:
+        call(*args)
+    except Exception:
+        logger.exception("row callback failed")
