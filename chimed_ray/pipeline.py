@@ -127,18 +127,14 @@ def _eval(config: Any) -> dict:
 def _serve(config: Any, pipeline: PipelineConfig) -> str:
     """Serve the final checkpoint, send one question through the OpenAI API, print the answer.
     The server is shut down however the question ends (unless `serve.keep_alive` asks otherwise)."""
-    import os
-
     from openai import OpenAI
 
-    from chimed_ray.serving.app import shutdown_server, start_server
+    from chimed_ray.serving.app import resolve_api_key, shutdown_server, start_server
 
     url = start_server(config)
     try:
         model = config.models[0].served_name()
-        # The key the app was built with (`serving/app.py`): http.api_key, else $<http.api_key_env>.
-        api_key = config.http.api_key or os.environ.get(config.http.api_key_env, "") or "none"
-        client = OpenAI(base_url=url, api_key=api_key)
+        client = OpenAI(base_url=url, api_key=resolve_api_key(config.http) or "none")  # the app's own key
         reply = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": pipeline.serve.question}],
             max_tokens=pipeline.serve.max_tokens, temperature=0.0,
