@@ -171,7 +171,7 @@ def whole_saves_since(source: Path, target: Path) -> int:
 
     original = dict(AutoModelForCausalLM.from_pretrained(source).named_parameters())
     saved = dict(AutoModelForCausalLM.from_pretrained(target).named_parameters())
-    shifts = {name: round(float((saved[name] - original[name]).mean()) / 0.01) for name in original}
+    shifts = {name: round(float((saved[name] - original[name]).detach().mean()) / 0.01) for name in original}
     assert len(set(shifts.values())) == 1, shifts
     (steps,) = set(shifts.values())
     for name, parameter in original.items():
