@@ -58,11 +58,11 @@ def plan(pipeline: PipelineConfig) -> list[Step]:
         "sft": Step("sft", _load("sft", SFTConfig, pipeline, [f"output_dir={out['sft']}", f"model.path={final['pretrain']}", f"resume={resume}"]), _train("sft"), out["sft"]),
         "reward": Step("reward", _load("reward", RewardConfig, pipeline, [f"output_dir={out['reward']}", f"model.path={final['sft']}", f"resume={resume}"]), _reward, out["reward"]),
     }
-    rlhf_wiring = [f"output_dir={out[pipeline.rlhf]}", f"model.path={final['sft']}", f"reward.path={final['reward']}", "reward.function="]
+    rlhf_wiring = [f"output_dir={out[pipeline.rlhf]}", f"model.path={final['sft']}", f"reward.path={final['reward']}", "reward.function=", f"resume={resume}"]
     if pipeline.rlhf in ("ppo", "openrlhf_ppo"):
         # openrlhf_ppo: the same PPO config (configs.ppo, overrides.ppo) run by OpenRLHF on GPUs.
         engine = ["engine=openrlhf"] if pipeline.rlhf == "openrlhf_ppo" else []
-        config = _load("ppo", PPOConfig, pipeline, rlhf_wiring + [f"resume={resume}"] + engine)
+        config = _load("ppo", PPOConfig, pipeline, rlhf_wiring + engine)
         if config.engine == "openrlhf":
             from chimed_ray.integrations.openrlhf.flags import translate
             from chimed_ray.integrations.openrlhf.stage import handover_paths
@@ -125,29 +125,32 @@ def _eval(config: Any) -> dict:
 
 
 def _serve(config: Any, pipeline: PipelineConfig) -> str:
-    """Serve the final checkpoint, send one question through the OpenAI API, print the answer."""
+    """Serve the final checkpoint, send one question through the OpenAI API, print the answer.
+    The server is shut down however the question ends (unless `serve.keep_alive` asks otherwise)."""
     from openai import OpenAI
 
-    from chimed_ray.serving.app import shutdown_server, start_server
+    from chimed_ray.serving.app import resolve_api_key, shutdown_server, start_server
 
     url = start_server(config)
-    model = config.models[0].served_name()
-    client = OpenAI(base_url=url, api_key=config.http.api_key or "none")
-    reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": pipeline.serve.question}],
-        max_tokens=pipeline.serve.max_tokens, temperature=0.0,
-    )
-    print(f"[chimed-ray pipeline] endpoint: {url} (model {model})", flush=True)
-    print(f"[chimed-ray pipeline] question: {pipeline.serve.question}", flush=True)
-    print(f"[chimed-ray pipeline] answer:   {reply.choices[0].message.content}", flush=True)
-    if pipeline.serve.keep_alive:
-        print("[chimed-ray pipeline] serving; press Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    shutdown_server(config.http.app_name)
+    try:
+        model = config.models[0].served_name()
+        client = OpenAI(base_url=url, api_key=resolve_api_key(config.http) or "none")  # the app's own key
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": pipeline.serve.question}],
+            max_tokens=pipeline.serve.max_tokens, temperature=0.0,
+        )
+        print(f"[chimed-ray pipeline] endpoint: {url} (model {model})", flush=True)
+        print(f"[chimed-ray pipeline] question: {pipeline.serve.question}", flush=True)
+        print(f"[chimed-ray pipeline] answer:   {reply.choices[0].message.content}", flush=True)
+        if pipeline.serve.keep_alive:
+            print("[chimed-ray pipeline] serving; press Ctrl-C to stop", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        shutdown_server(config.http.app_name)
     return url
 
 

@@ -9,6 +9,8 @@ dotted path before any actor is created.
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import math
 import types
 import typing
 from pathlib import Path
@@ -31,8 +33,43 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
+def _to_int(value: Any, key: str) -> int:
+    """An exact integer: never through float, so `seed=1152921504606846977` stays exact."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number: Any = None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                number = decimal.Decimal(value.strip())  # "1e3" is an integer too
+            except decimal.InvalidOperation:
+                number = None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return int(number)
+
+
+def _to_float(value: Any, key: str, allow_inf: bool = False) -> float:
+    """A finite number (NaN never; +-inf only where the field's metadata says `allow_inf`)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def _convert(value: Any, tp: Any, key: str, allow_inf: bool = False) -> Any:
+    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`.
+
+    `allow_inf` comes from the field's metadata (`field(metadata={"allow_inf": True})`)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -43,7 +80,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, arg, key)
+                return _convert(value, arg, key, allow_inf)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -57,12 +94,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
-        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_convert(v, item_type, f"{key}[{i}]", allow_inf) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         value_type = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(v, value_type, f"{key}.{k}", allow_inf) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -78,22 +115,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(as_float)
+        return _to_int(value, key)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return _to_float(value, key, allow_inf)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -116,7 +140,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}")
+            kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}", field.metadata.get("allow_inf", False))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     return cls(**kwargs)
@@ -166,8 +190,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    from chimed_ray.utils.files import InputError, read_utf8
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_utf8(path))
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -209,8 +237,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def dump_config(config: Any, path: str | Path) -> None:
     """Write the resolved config next to a run's outputs so the run can be reproduced."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False), "utf-8")
+    from chimed_ray.utils.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))
 
 
 def check(condition: bool, key: str, message: str) -> None:

@@ -349,6 +349,7 @@ class RejectionSamplingConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     score_final: bool = True  # sample and score once more with the final model
     seed: int = 0
+    resume: bool = False  # skip finished rounds; resume the interrupted round's SFT
 
     def validate(self) -> None:
         check(bool(self.output_dir), "output_dir", "must not be empty")

@@ -39,8 +39,8 @@ class Keys:
 Message = dict[str, str]  # {"role": "user"|"assistant"|"system", "content": str}
 
 
-def detect_format(data: dict[str, Any], keys: Keys) -> str:
-    """Guess a record's format from its keys."""
+def detect_format(data: dict[str, Any], keys: Keys, source: str = "") -> str:
+    """Guess a record's format from its keys; `source` (`file:line`) names the record in errors."""
     if keys.chosen_key in data and keys.rejected_key in data:
         return "preference"
     if "conversations" in data:
@@ -53,7 +53,8 @@ def detect_format(data: dict[str, Any], keys: Keys) -> str:
         return "openrlhf"
     if "text" in data:
         return "chimed" if CHIMED_TURN.search("\n" + str(data["text"])) else "text"
-    raise InputError(f"cannot tell the format from keys {sorted(data)}")
+    where = f"{source}: " if source else ""
+    raise InputError(f"{where}cannot tell the format from keys {sorted(data)}; set data.format or rename the keys")
 
 
 def _field(record: Record, key: str, kind: type = str) -> Any:
@@ -78,7 +79,9 @@ def parse_chimed(text: str, source: str) -> list[Message]:
     return messages
 
 
-def _messages_from_list(items: list, record: Record, role_key: str, content_key: str) -> list[Message]:
+def _messages_from_list(items: Any, record: Record, role_key: str, content_key: str) -> list[Message]:
+    if not isinstance(items, list):
+        raise InputError(f"{record.source}: expected a list of turns, got {type(items).__name__}")
     messages = []
     for index, item in enumerate(items):
         if not isinstance(item, dict) or role_key not in item or content_key not in item:
@@ -92,7 +95,7 @@ def _messages_from_list(items: list, record: Record, role_key: str, content_key:
 
 def to_messages(record: Record, fmt: str, keys: Keys) -> list[Message]:
     """A dialogue record as chat messages (system?, user, assistant, user, assistant, ...)."""
-    fmt = detect_format(record.data, keys) if fmt == "auto" else fmt
+    fmt = detect_format(record.data, keys, record.source) if fmt == "auto" else fmt
     data = record.data
     if fmt == "chimed":
         messages = parse_chimed(_field(record, "text"), record.source)
@@ -101,9 +104,7 @@ def to_messages(record: Record, fmt: str, keys: Keys) -> list[Message]:
     elif fmt == "messages":
         messages = _messages_from_list(_field(record, keys.messages_key, list), record, "role", "content")
     elif fmt == "alpaca":
-        messages = []
-        for pair in data.get("history") or []:
-            messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+        messages = _alpaca_history(record)
         prompt = _field(record, "instruction")
         if data.get("input"):
             prompt = f"{prompt}\n{data['input']}"
@@ -123,6 +124,19 @@ def to_messages(record: Record, fmt: str, keys: Keys) -> list[Message]:
     return messages
 
 
+def _alpaca_history(record: Record) -> list[Message]:
+    """Alpaca's `history`: earlier turns as `[[question, answer], ...]`."""
+    history = record.data.get("history") or []
+    if not isinstance(history, list):
+        raise InputError(f"{record.source}: key 'history' should be a list of [question, answer] pairs, got {type(history).__name__}")
+    messages = []
+    for index, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(text, str) for text in pair):
+            raise InputError(f"{record.source}: history[{index}] should be a [question, answer] pair of strings, got {pair!r:.80}")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return messages
+
+
 def _check_dialogue(messages: list[Message], source: str) -> None:
     turns = [m for m in messages if m["role"] != "system"]
     if not turns or turns[-1]["role"] != "assistant":
@@ -135,7 +149,7 @@ def _check_dialogue(messages: list[Message], source: str) -> None:
 
 def to_text(record: Record, fmt: str, keys: Keys) -> str:
     """A pretraining document: `text` as is; dialogues rendered in the ChiMed format."""
-    fmt = detect_format(record.data, keys) if fmt == "auto" else fmt
+    fmt = detect_format(record.data, keys, record.source) if fmt == "auto" else fmt
     if fmt in ("text", "chimed"):
         return _field(record, "text")
     messages = to_messages(record, fmt, keys)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from chimed_ray.utils.files import InputError
+from chimed_ray.utils.files import InputError, read_utf8
 
 SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".parquet")
 
@@ -46,8 +47,7 @@ def expand_path(path: Path) -> list[Path]:
 
 
 def _read_json_lines(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -56,7 +56,7 @@ def _read_json_lines(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[R
         for index, item in enumerate(items):
             yield from _checked(item, f"{path}#{index}", skip_bad, stats)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -67,6 +67,11 @@ def _read_json_lines(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[R
             stats.skipped += 1
             continue
         yield from _checked(item, f"{path}:{number}", skip_bad, stats)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split on "\n" only: JSON strings may hold a raw U+2028, which `splitlines` would cut."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _checked(item: Any, source: str, skip_bad: bool, stats: ReadStats) -> Iterator[Record]:
@@ -81,8 +86,7 @@ def _checked(item: Any, source: str, skip_bad: bool, stats: ReadStats) -> Iterat
 
 def _read_table(path: Path, stats: ReadStats) -> Iterator[Record]:
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(read_utf8(path), newline="")))
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -105,16 +109,15 @@ def _read_text(path: Path, stats: ReadStats) -> Iterator[Record]:
     """Plain text: blank-line-separated paragraphs become documents."""
     paragraph: list[str] = []
     start = 1
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                if not paragraph:
-                    start = number
-                paragraph.append(line.rstrip("\n"))
-            elif paragraph:
-                stats.read += 1
-                yield Record({"text": "\n".join(paragraph)}, f"{path}:{start}")
-                paragraph = []
+    for number, line in enumerate(_lines(read_utf8(path)), start=1):
+        if line.strip():
+            if not paragraph:
+                start = number
+            paragraph.append(line)
+        elif paragraph:
+            stats.read += 1
+            yield Record({"text": "\n".join(paragraph)}, f"{path}:{start}")
+            paragraph = []
     if paragraph:
         stats.read += 1
         yield Record({"text": "\n".join(paragraph)}, f"{path}:{start}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimed_ray.utils.files import InputError, atomic_directory, require_dir
+from chimed_ray.utils.files import InputError, atomic_directory
 
 if TYPE_CHECKING:
     import torch
@@ -45,12 +45,32 @@ def tiny_model_config(tiny: "TinyModelConfig", tokenizer: "PreTrainedTokenizerBa
 
 
 def is_hf_checkpoint(path: str | Path) -> bool:
-    """True if `path` looks like an HF model directory (config.json plus weights)."""
+    """True if `path` looks like an HF model directory: config.json plus safetensors weights.
+
+    PyTorch `*.bin` weights do not count: they are pickles, and unpickling runs code.
+    """
     path = Path(path)
-    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(
-        path.glob("*.safetensors.index.json")
-    )
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
     return (path / "config.json").is_file() and has_weights
+
+
+def require_hf_checkpoint(path: str | Path, key: str) -> Path:
+    """`path` if it is an HF checkpoint with safetensors weights, else InputError naming the config
+    `key`, the path, and for a missing one the stage that makes it."""
+    from chimed_ray.config.producers import producer_hint
+
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{key}: {path}: model checkpoint directory not found; {producer_hint(path, key)}")
+    if not is_hf_checkpoint(path):
+        if any(path.glob("*.bin")):
+            raise InputError(
+                f"{key}: {path} has only PyTorch *.bin weights (pickles, which run code when loaded); "
+                "chimed-ray loads safetensors only: re-save it with save_pretrained(safe_serialization=True) "
+                "where you trust the file"
+            )
+        raise InputError(f"{key}: {path} is not an HF model checkpoint (needs config.json and *.safetensors)")
+    return path
 
 
 def load_causal_lm(
@@ -58,15 +78,15 @@ def load_causal_lm(
     precision: str = "fp32",
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
+    key: str = "model.path",
 ) -> "PreTrainedModel":
-    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory."""
+    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory (safetensors only)."""
     from transformers import AutoModelForCausalLM
 
-    require_dir(path, "model checkpoint")
-    if not is_hf_checkpoint(path):
-        raise InputError(f"{path}: not an HF model checkpoint (needs config.json and *.safetensors)")
+    require_hf_checkpoint(path, key)
     return AutoModelForCausalLM.from_pretrained(
         str(path),
+        use_safetensors=True,
         dtype=torch_dtype(precision),
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chimed_ray.models.build import is_hf_checkpoint, tiny_model_config, torch_dtype
-from chimed_ray.utils.files import InputError, require_dir
+from chimed_ray.models.build import require_hf_checkpoint, tiny_model_config, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -50,15 +49,13 @@ def build_scalar_model(
         config.num_labels = 1
         config._attn_implementation = attn_implementation
         return AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype(precision))
-    require_dir(path, "reward/critic model")
-    if not is_hf_checkpoint(path):
-        raise InputError(f"{path}: not an HF model checkpoint (needs config.json and *.safetensors)")
+    require_hf_checkpoint(path, "reward/critic model")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     config.num_labels = 1
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
     return AutoModelForSequenceClassification.from_pretrained(
-        str(path), config=config, dtype=torch_dtype(precision),
+        str(path), config=config, dtype=torch_dtype(precision), use_safetensors=True,
         trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
     )
 
@@ -112,6 +109,4 @@ def require_hf_checkpoints(named_paths: dict[str, str]) -> None:
     for key, path in named_paths.items():
         if not path:
             continue
-        require_dir(path, f"{key}: model checkpoint")
-        if not is_hf_checkpoint(path):
-            raise InputError(f"{key}: {path} is not an HF model checkpoint (needs config.json and *.safetensors)")
+        require_hf_checkpoint(path, key)

@@ -35,7 +35,7 @@ def first_user_turn(record: Record, fmt: str, keys: Keys) -> list[dict[str, str]
         for key in (keys.prompt_key, keys.input_key):
             if isinstance(data.get(key), str):
                 return [{"role": "user", "content": data[key]}]
-    if fmt in ("auto", "preference") and detect_format(data, keys) == "preference":
+    if fmt in ("auto", "preference") and detect_format(data, keys, record.source) == "preference":
         return to_preference(record, keys).prompt
     messages = to_messages(record, fmt, keys)
     end = next(i for i, message in enumerate(messages) if message["role"] == "user")
@@ -56,8 +56,8 @@ def load_prompts(data: "DataConfig", tokenizer, max_prompt_length: int, limit: i
     """
     from chimed_ray.data.splits import keys_of, load_split
 
-    records, _ = load_split(data, "sft")
     keys = keys_of(data)
+    records, _ = load_split(data, "sft", check=lambda record: first_user_turn(record, data.format, keys))
     prompts = []
     for record in records:
         messages = first_user_turn(record, data.format, keys)

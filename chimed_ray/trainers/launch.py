@@ -12,21 +12,25 @@ from pathlib import Path
 from chimed_ray.config import TrainStageConfig, check_cluster_fits, dump_config, to_dict
 from chimed_ray.planning.check import check_memory
 from chimed_ray.trainers.checkpoints import HF_DIR
-from chimed_ray.trainers.loop import train_loop_per_worker
+from chimed_ray.trainers.loop import too_few_examples, train_loop_per_worker
 from chimed_ray.trainers.task import load_task
-from chimed_ray.utils.files import absolute_path, atomic_directory
+from chimed_ray.utils.files import InputError, absolute_path, atomic_directory
 from chimed_ray.utils.tracking import attach_artifacts
 
 
 def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one."""
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), or start a local one.
+    A dead recorded cluster fails in seconds with one line instead of hanging in `ray.init`."""
     import ray
+
+    from chimed_ray.cluster.address import check_ray_address
 
     # Set in the environment, not in ray.init's runtime_env: a job's own runtime_env would
     # otherwise fail to merge with ours under `ray job submit`.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
+        check_ray_address()
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
@@ -47,25 +51,23 @@ def resolve_paths(config: TrainStageConfig) -> TrainStageConfig:
     return replace(config, output_dir=output_dir, storage_path=absolute_path(storage), data=data, model=model)
 
 
-def check_inputs(config: TrainStageConfig) -> None:
-    """Fail on the driver, before any worker starts, for missing data files, a malformed JSON line
-    (named as file:line) or a model directory that is not an HF checkpoint."""
-    from chimed_ray.data.readers import expand_path, iter_records
-    from chimed_ray.models import is_hf_checkpoint
-    from chimed_ray.utils.files import InputError, require_dir
+def check_inputs(task_name: str, config: TrainStageConfig) -> None:
+    """Fail on the driver, before any worker starts, for missing data files, a malformed record
+    (named as file:line), too few examples for the workers, or a model directory that is not an
+    HF checkpoint (naming the stage that makes it). Workers would hit the same errors only after
+    Ray started, buried in its logs."""
+    from chimed_ray.data.splits import check_split
+    from chimed_ray.models import require_hf_checkpoint
+    from chimed_ray.trainers.task import DATA_KINDS
 
-    for path in config.data.train_files + config.data.eval_files:
-        if "://" not in path:
-            # Parsing JSON is cheap next to training, and a bad line found by a worker would
-            # surface only after Ray started, buried in its logs.
-            json_files = [file for file in expand_path(Path(path)) if file.suffix in (".jsonl", ".json")]
-            if json_files:
-                for _ in iter_records(json_files, config.data.skip_bad_lines):
-                    pass
     if config.model.path:
-        require_dir(config.model.path, "model.path: model checkpoint")
-        if not is_hf_checkpoint(config.model.path):
-            raise InputError(f"model.path: {config.model.path} is not an HF model checkpoint (needs config.json and *.safetensors)")
+        require_hf_checkpoint(config.model.path, "model.path")
+    kind = DATA_KINDS[task_name]
+    examples = check_split(config.data, kind)
+    needed = config.scale.num_workers * config.optim.micro_batch_size
+    # Pretraining packs documents into blocks, so its record count does not bound its examples.
+    if examples is not None and kind != "pretrain" and examples < needed:
+        raise InputError(too_few_examples(examples, config.scale.num_workers, config.optim.micro_batch_size))
 
 
 def _prepare_run_dir(config: TrainStageConfig) -> None:
@@ -87,9 +89,11 @@ def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from chimed_ray.trainers.fatal_errors import UserErrorsAreFatal, user_error
+
     config = resolve_paths(config)
     check_memory(task_name, config)  # refuses, in one line, a GPU config that cannot fit
-    check_inputs(config)
+    check_inputs(task_name, config)
     ensure_ray()
     if config.scale.check_cluster:
         check_cluster_fits(config.scale)
@@ -112,9 +116,16 @@ def run_ray_train(task_name: str, config: TrainStageConfig) -> Path:
             storage_path=config.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=scale.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.logging.keep_checkpoints),
+            callbacks=[UserErrorsAreFatal()],
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        raise InputError(message) from None  # found by a worker and not retried: one line
     if result.checkpoint is None:
         raise RuntimeError(f"{task_name}: training finished without a checkpoint")
     final = Path(config.output_dir) / "final"

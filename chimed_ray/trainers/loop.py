@@ -17,8 +17,13 @@ import torch.distributed as dist
 
 from chimed_ray.trainers.checkpoints import TrainState, restore_checkpoint, save_checkpoint
 from chimed_ray.trainers.task import StageTask, load_task
+from chimed_ray.utils.files import InputError
 
 
+def too_few_examples(examples: int, workers: int, micro_batch_size: int) -> str:
+    """The one line for a dataset that cannot fill one micro-batch on every worker."""
+    return (f"{examples} training examples are too few for {workers} workers x micro_batch_size {micro_batch_size}; "
+            "add data, or lower scale.num_workers or optim.micro_batch_size")
 
 class ShardedBatches:
     """Deterministic per-epoch shuffling; rank r takes every world-th example, equal counts on all
@@ -30,10 +35,7 @@ class ShardedBatches:
         self.per_rank = num_examples // world
         self.micro_batches_per_epoch = self.per_rank // micro_batch_size
         if self.micro_batches_per_epoch == 0:
-            raise ValueError(
-                f"{num_examples} training examples are too few for {world} workers x micro_batch_size "
-                f"{micro_batch_size}"
-            )
+            raise InputError(too_few_examples(num_examples, world, micro_batch_size))
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
         order = list(range(self.num_examples))
@@ -87,7 +89,10 @@ def _maybe_inject_fault(fault, step: int) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: `loop_config` holds the task name and the stage config as a dict."""
+    """Ray Train entry point: `loop_config` holds the task name and the stage config as a dict.
+
+    An InputError raised here (bad data, too few examples) ends the run without a retry
+    (`trainers/fatal_errors.py`)."""
     import ray.train
     import ray.train.torch
 

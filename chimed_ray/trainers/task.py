@@ -24,6 +24,9 @@ TASKS = {
     "reward": "chimed_ray.trainers.reward:RewardTask",
     "dpo": "chimed_ray.trainers.dpo:DPOTask",
 }
+# The record shape each task reads (`data.splits.load_split` kinds); the driver checks its data
+# in that shape before any worker starts.
+DATA_KINDS = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference"}
 
 
 class StageTask:

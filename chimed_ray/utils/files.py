@@ -1,8 +1,15 @@
-"""Atomic writes, so a run killed at any moment never leaves a half-written checkpoint behind."""
+"""Atomic, durable writes, so neither a kill nor a power loss ever leaves a half-written
+checkpoint behind, and UTF-8 reads that name the file and line of a mis-encoded byte.
+
+Durability order (what survives an OS crash): every file is fsynced, then every directory holding
+them, then the rename that publishes them, then the parent directory that records the rename.
+A pointer such as PPO's `latest` is written only after the directory it names is durable.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,7 +34,9 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         if target.exists() and _exchange(tmp, target):
+            fsync_directory(target.parent)
             return  # `tmp` now holds the old contents, removed below
         backup = None
         if target.exists():
@@ -35,6 +44,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             backup = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, backup)
         os.replace(tmp, target)
+        fsync_directory(target.parent)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
     finally:
@@ -57,8 +67,38 @@ def _exchange(first: Path, second: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
 
 
+def fsync_directory(directory: str | Path) -> None:
+    """Make the entries of `directory` (names created, renamed or removed) durable. File systems
+    that cannot fsync a directory (some FUSE and network mounts say EINVAL) are left as they are."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """Fsync every file under `root`, then each directory bottom-up, `root` last. Files written by
+    other processes (DeepSpeed workers) are flushed too: fsync acts on the file, not the handle."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(directory)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and an atomic rename."""
+    """Write `text` to `path` through a temporary file and an atomic rename, durably (the file is
+    fsynced before the rename, the directory after it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -68,6 +108,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -92,3 +133,29 @@ def require_dir(path: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise InputError(f"{path}: {what} directory not found")
     return path
+
+
+def read_utf8(path: str | Path) -> str:
+    """The text of `path`, or InputError naming the file, line and byte that are not UTF-8.
+
+    Chinese data often arrives in GBK; the message says so when the bytes decode as GBK.
+    A UTF-8 byte-order mark is accepted and dropped.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        bad_line = raw[raw.rfind(b"\n", 0, exc.start) + 1 : (raw.find(b"\n", exc.start) + 1 or len(raw))]
+        fix = "it looks like GBK: convert it with `iconv -f GBK -t UTF-8`" if _decodes(bad_line, "gbk") else "save it as UTF-8"
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); {fix}"
+        ) from None
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -52,6 +52,8 @@ class RunTracker:
         if not active:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # A resumed run logs again every step after its checkpoint: drop the earlier copies.
+        truncate_metrics(self.output_dir / "metrics.jsonl", initial_step)
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             from chimed_ray.utils.tracking_backends import TensorBoardBackend
@@ -137,12 +139,32 @@ _SHOWN = {"train/loss", "train/tokens_per_s", "eval/loss", "train/accuracy", "re
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics JSONL file (an absent file gives an empty list)."""
+    """All records of a metrics JSONL file (an absent file gives an empty list). A line torn by a
+    kill mid-write is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+                records.append(record)
+    return records
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only the records up to `last_step` (the checkpoint a run resumes from), atomically."""
+    from chimed_ray.utils.files import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [record for record in read_metrics(path) if record["step"] <= last_step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path, keys: tuple[str, ...] = ("train/loss", "eval/loss"), title: str = "") -> Path | None:

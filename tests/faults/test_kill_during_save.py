@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 SHARDS, SHARD_BYTES = 4, 1_000_000
 
@@ -75,11 +76,12 @@ from chimed_ray.models import save_hf_checkpoint
 source, target = sys.argv[1:]
 model, tokenizer = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
 print("ready", flush=True)
-while True:
+for saves in range(1, 1_000_000):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.01)
     save_hf_checkpoint(model, tokenizer, target)
+    print("saved", saves, flush=True)
 '''
 
 
@@ -162,17 +164,40 @@ def test_sigkill_during_ppo_saves_never_loses_the_last_checkpoint(tmp_path):
         assert last_step >= printed
 
 
-def test_sigkill_during_hf_saves_keeps_the_existing_checkpoint_loadable(tiny_checkpoint, tmp_path):
+def whole_saves_since(source: Path, target: Path) -> int:
+    """How many `add_(0.01)` saves the checkpoint at `target` is past `source`; fails unless every
+    parameter moved by the same number of steps (one whole save, never a mix of two)."""
     from transformers import AutoModelForCausalLM
 
+    original = dict(AutoModelForCausalLM.from_pretrained(source).named_parameters())
+    saved = dict(AutoModelForCausalLM.from_pretrained(target).named_parameters())
+    shifts = {name: round(float((saved[name] - original[name]).detach().mean()) / 0.01) for name in original}
+    assert len(set(shifts.values())) == 1, shifts
+    (steps,) = set(shifts.values())
+    for name, parameter in original.items():
+        assert torch.allclose(saved[name], parameter + 0.01 * steps, atol=1e-4), name
+    return steps
+
+
+def next_save(saver: subprocess.Popen) -> int:
+    """The number of the next save the saver reports as finished (other output is skipped)."""
+    for line in saver.stdout:
+        if line.startswith("saved "):
+            return int(line.split()[1])
+    raise AssertionError("the saver exited before finishing a save")
+
+
+def test_sigkill_during_hf_saves_keeps_the_existing_checkpoint_loadable(tiny_checkpoint, tmp_path):
     target, rng = tmp_path / "final", random.Random(0)
     shutil.copytree(tiny_checkpoint, target)
     for _ in range(3):
         saver = subprocess.Popen([sys.executable, "-c", HF_SAVER, str(tiny_checkpoint), str(target)],
                                  stdout=subprocess.PIPE, text=True)
-        assert saver.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 1.0))
+        finished = next_save(saver)  # one save is complete
+        time.sleep(rng.uniform(0.0, 0.5))
         saver.send_signal(signal.SIGKILL)
         saver.wait(timeout=30)
-        AutoModelForCausalLM.from_pretrained(target)
-        assert not [path for path in tmp_path.iterdir() if path.name.startswith(".final.old")]
+        finished = max([finished] + [int(line.split()[1]) for line in saver.stdout if line.startswith("saved ")])
+        # Killed at any moment, the checkpoint is the last finished save or the one after it,
+        # whole (each saver starts again from the source, adding 0.01 per save).
+        assert whole_saves_since(tiny_checkpoint, target) in (finished, finished + 1)
