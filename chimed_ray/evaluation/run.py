@@ -134,7 +134,10 @@ def _ray_reachable() -> bool:
 def _start_ray() -> None:
     import ray
 
+    from chimed_ray.cluster.address import check_ray_address
+
     if not ray.is_initialized():
+        check_ray_address()  # a dead recorded cluster: one line in seconds, not a hang
         ray.init(address=os.environ.get("RAY_ADDRESS"))  # the job's cluster, else a local one
 
 

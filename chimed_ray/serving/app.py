@@ -144,7 +144,10 @@ def start_server(config: ServeConfig) -> str:
     from ray import serve
 
     app = build_app(config)  # checks checkpoints before touching the cluster
+    from chimed_ray.cluster.address import check_ray_address
+
     if not ray.is_initialized():
+        check_ray_address()  # a dead recorded cluster: one line in seconds, not a hang
         ray.init()
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     port = _running_http_port(config.http.port)
