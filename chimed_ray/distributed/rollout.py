@@ -84,3 +84,15 @@ def state_digest(state_dict: dict[str, "torch.Tensor"]) -> str:
         digest.update(name.encode())
         digest.update(state_dict[name].detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def behaviour_logprobs(generations: list[Generation], width: int) -> "torch.Tensor":
+    """The engines' per-token log-probs (rank order) as `[B, width]`, zero past each answer, laid
+    out like the answers of a `RolloutBatch`."""
+    import torch
+
+    rows = [row for generation in generations for row in generation.logprobs]
+    logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
+    for index, row in enumerate(rows):
+        logprobs[index, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return logprobs
