@@ -26,13 +26,16 @@ class HFEngine:
         eos_token_ids: Ids that end an answer.
         pad_token_id: Id used for left padding of prompts.
         batch_size: Prompts per `generate` call (0: all at once).
+        sort_by_length: Cut micro-batches from the prompts sorted by length (less left padding).
     """
 
-    def __init__(self, model, eos_token_ids: Sequence[int], pad_token_id: int, batch_size: int = 0) -> None:
+    def __init__(self, model, eos_token_ids: Sequence[int], pad_token_id: int, batch_size: int = 0,
+                 sort_by_length: bool = True) -> None:
         self.model = model
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
 
     @classmethod
     def from_path(cls, path: str, eos_token_ids: Sequence[int], pad_token_id: int, precision: str = "fp32",
@@ -54,7 +57,9 @@ class HFEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         size = self.batch_size or max(len(prompts), 1)
-        order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+        order = list(range(len(prompts)))
+        if self.sort_by_length:
+            order.sort(key=lambda index: len(prompts[index]))
         answers: list[list[int]] = [[] for _ in prompts]
         was_training = self.model.training
         self.model.eval()
