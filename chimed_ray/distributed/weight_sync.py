@@ -14,7 +14,7 @@ A LoRA policy sends merged weights under the base model's names (`rollout.lora_s
 its adapters alone (`adapter`), for an engine that holds the same adapters.
 
     sync = WeightSync(policy, rollout, "collective", bucket_mb=256, backend="gloo")
-    sent = sync()   # bytes each engine received; the driver's step 8
+    report = sync()  # bytes per engine, peak extra memory of each side; the driver's step 8
 """
 
 from __future__ import annotations
