@@ -54,6 +54,16 @@ class Bucket:
     slots: list[Slot] = field(default_factory=list)
     nbytes: int = 0
 
+    def to_plain(self) -> dict:
+        """Lists, strings and ints only (for RPC serialisers that refuse classes)."""
+        return {"sources": self.sources, "nbytes": self.nbytes,
+                "slots": [[s.name, list(s.shape), s.dtype, s.offset, s.nbytes] for s in self.slots]}
+
+    @classmethod
+    def from_plain(cls, plain: dict) -> "Bucket":
+        slots = [Slot(name, tuple(shape), dtype, offset, nbytes) for name, shape, dtype, offset, nbytes in plain["slots"]]
+        return cls(list(plain["sources"]), slots, int(plain["nbytes"]))
+
 
 @dataclass(frozen=True)
 class Unit:

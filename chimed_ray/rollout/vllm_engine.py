@@ -39,13 +39,14 @@ class WeightSyncExtension:  # pragma: no cover - runs inside vLLM's GPU workers
         rank = rank_offset + get_world_group().rank  # tensor-parallel workers each join, one rank each
         self.weight_sync_group = SyncGroup((host, port), rank, world_size, backend)
 
-    def receive_weights(self, buckets: list["Bucket"]) -> "SyncStats":
-        from chimed_ray.distributed.weight_sync import receive_buckets
+    def receive_weights(self, plain_buckets: list[dict]) -> tuple[int, int]:
+        from chimed_ray.distributed.weight_sync import Bucket, receive_buckets
 
         def load(weights: list[tuple[str, "torch.Tensor"]]) -> None:
             self.model_runner.model.load_weights(weights=weights)
 
-        return receive_buckets(self.weight_sync_group, buckets, self.device, load)
+        stats = receive_buckets(self.weight_sync_group, [Bucket.from_plain(b) for b in plain_buckets], self.device, load)
+        return stats.nbytes, stats.peak_extra_bytes
 
     def load_state(self, weights: list[tuple[str, "torch.Tensor"]]) -> None:
         self.model_runner.model.load_weights(weights=weights)
@@ -113,9 +114,12 @@ class VLLMEngine:
         self.llm.collective_rpc("open_weight_sync", args=(address[0], address[1], rank, world_size, backend))
 
     def receive_weights(self, buckets: list["Bucket"]) -> "SyncStats":  # pragma: no cover
-        received = self.llm.collective_rpc("receive_weights", args=(buckets,))  # one SyncStats per worker
+        from chimed_ray.distributed.weight_sync import SyncStats
+
+        # Plain lists and dicts: vLLM's RPC serialiser refuses arbitrary classes by default.
+        received = self.llm.collective_rpc("receive_weights", args=([bucket.to_plain() for bucket in buckets],))
         self.llm.reset_prefix_cache()
-        return received[0]
+        return SyncStats(*received[0])
 
     def add_adapters(self, lora) -> None:  # pragma: no cover
         raise ValueError("rollout.lora_sync=adapter works with the hf engine; vLLM receives merged weights "
