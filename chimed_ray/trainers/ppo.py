@@ -8,6 +8,10 @@ Each step, read top to bottom in `run_ppo`:
      log-probs, values, rewards        clipped value loss
   4. token rewards: score at the    8. push the new weights to a separate rollout engine
      last token, KL penalty on all  9. log, checkpoint
+
+With `rollout.async=true` (a separate engine) steps 1-2 of step t+1 run on the engine while steps
+3-8 of step t run on the other groups: one step off-policy, the importance ratios taken against
+the engine's own (behaviour) log-probs, the weights synced at each step boundary.
 """
 
 from __future__ import annotations
