@@ -126,6 +126,8 @@ def test_packed_logprobs_equal_padded_logprobs(tokenizer, architecture, monkeypa
     answers[2] += [tokenizer.eos_token_id]
     batch = build_rollout_batch(prompts, answers, list(range(6)), tokenizer.pad_token_id, [tokenizer.eos_token_id])
     assert packing.can_pack(model, batch)
+    bins = packing.pack_rows(batch).input_ids  # [K, W]: fewer tokens than the padded batch, no wider
+    assert bins.shape[1] <= batch.sequences.shape[1] and bins.numel() < batch.sequences.numel()
     packed, packed_entropy = packing.packed_response_logprobs(model, batch, 0.7, with_entropy=True)
     with monkeypatch.context() as patch:
         patch.setattr(packing, "can_pack", lambda *_: False)  # the padded forward
