@@ -116,10 +116,12 @@ def run_trl(checkpoint: Path, output: Path, prompts: list[str],
     return batch / statistics.mean(timer.seconds[1:]), wall, rewards
 
 
-def ablations(checkpoint: Path, args: argparse.Namespace, repeats: int = 5) -> dict[str, tuple[float, float]]:
-    """Each saving alone, in this process on one batch shaped like the runs': (before s, after s)
-    for a packed vs padded no-grad log-prob forward, a packed vs padded train forward+backward,
-    and length-sorted vs unsorted generation in micro-batches of a quarter of the batch."""
+def ablations(checkpoint: Path, args: argparse.Namespace, repeats: int = 9) -> dict[str, tuple[float, float]]:
+    """Each saving alone, in this process (one torch thread, like an actor): (before s, after s),
+    medians of `repeats` interleaved before/after runs (robust to a busy machine), for a packed vs
+    padded no-grad log-prob forward and train forward+backward on a batch of the runs' prompts
+    with answers of 4-`max_new_tokens` tokens, and length-sorted vs unsorted generation in
+    micro-batches of a quarter of the batch."""
     import torch
 
     import chimed_ray.distributed.packing as packing
@@ -132,41 +134,43 @@ def ablations(checkpoint: Path, args: argparse.Namespace, repeats: int = 5) -> d
     from chimed_ray.rollout.hf_engine import HFEngine
     from chimed_ray.rollout.prompts import load_prompts
 
+    torch.set_num_threads(1)
     tokenizer, model = load_tokenizer(str(checkpoint)), load_causal_lm(str(checkpoint))
     batch_size = args.prompts_per_step * args.samples_per_prompt
     prompts = [p.token_ids for p in load_prompts(DataConfig(), tokenizer, 128, limit=batch_size)]
-    sampling = SamplingParams(args.max_new_tokens, seed=0)
-
-    def seconds(function) -> float:
-        function()  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            function()
-        return (time.perf_counter() - started) / repeats
-
-    def generation(sort: bool) -> float:
-        engine = HFEngine(model, eos_token_ids(tokenizer), tokenizer.pad_token_id, batch_size // 4, sort_by_length=sort)
-        return seconds(lambda: engine.generate(prompts, sampling))
-
-    results = {"generate (micro-batches)": (generation(False), generation(True))}
-    answers = HFEngine(model, eos_token_ids(tokenizer), tokenizer.pad_token_id).generate(prompts, sampling)
+    generator = torch.Generator().manual_seed(0)
+    answers = [torch.randint(5, len(tokenizer), (int(n),), generator=generator).tolist()
+               for n in torch.randint(4, args.max_new_tokens + 1, (batch_size,), generator=generator)]
     batch = build_rollout_batch(prompts, answers, list(range(batch_size)), tokenizer.pad_token_id, eos_token_ids(tokenizer))
-
-    def score() -> None:
-        with torch.no_grad():
-            response_logprobs(model, batch)
-
-    def train() -> None:
-        response_logprobs(model, batch, with_entropy=True)[0].sum().backward()
-
     can_pack = packing.can_pack
-    for name, function in (("score forward", score), ("train forward+backward", train)):
-        packing.can_pack = lambda *_: False  # the padded forward, as before packing
-        padded = seconds(function)
-        packing.can_pack = can_pack
-        results[name] = (padded, seconds(function))
-    padding = 1 - float(batch.attention_mask.float().mean())
-    print(f"(the ablation batch is {padding:.0%} padding)")
+
+    def compare(before, after) -> tuple[float, float]:
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(repeats):
+            for side, function in enumerate((before, after)):
+                started = time.perf_counter()
+                function()
+                times[side].append(time.perf_counter() - started)
+        return statistics.median(times[0]), statistics.median(times[1])
+
+    def forward(packed: bool, train: bool):
+        def run() -> None:
+            packing.can_pack = can_pack if packed else (lambda *_: False)  # off: the padded forward
+            with torch.set_grad_enabled(train):
+                logprobs, entropy = response_logprobs(model, batch, with_entropy=train)
+                if train:
+                    (logprobs.sum() + entropy.sum()).backward()
+            packing.can_pack = can_pack
+        return run
+
+    def generate(sort: bool):
+        engine = HFEngine(model, eos_token_ids(tokenizer), tokenizer.pad_token_id, batch_size // 4, sort_by_length=sort)
+        return lambda: engine.generate(prompts, SamplingParams(args.max_new_tokens, seed=0))
+
+    results = {"score forward (packed)": compare(forward(False, False), forward(True, False)),
+               "train forward+backward (packed)": compare(forward(False, True), forward(True, True)),
+               "generate (length-sorted)": compare(generate(False), generate(True))}
+    print(f"(the ablation batch is {1 - float(batch.attention_mask.float().mean()):.0%} padding)")
     return results
 
 
