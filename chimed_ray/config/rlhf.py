@@ -101,6 +101,8 @@ class RolloutConfig(SamplingConfig):
         check(self.sync_bucket_mb >= 1, "sync_bucket_mb", f"must be >= 1, got {self.sync_bucket_mb}")
         check(not self.async_ or self.separate_engine, "async",
               "pipelined rollout needs a separate engine; set rollout.separate_engine=true")
+        check(self.engine == "hf" or self.lora_sync == "merged", "lora_sync",
+              "vLLM receives merged weights; adapter sync needs rollout.engine=hf")
         check(self.engine == "hf" or self.separate_engine, "separate_engine",
               "the vllm engine runs as its own group; set rollout.separate_engine=true")
 

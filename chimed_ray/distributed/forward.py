@@ -27,6 +27,10 @@ def response_logprobs(
     Returns:
         `(logprobs [B, R], entropy [B, R] or None)`, float32; gradients flow when enabled.
     """
+    from chimed_ray.distributed.packing import can_pack, packed_response_logprobs
+
+    if can_pack(model, batch):  # the same numbers without the padding (distributed/packing.py)
+        return packed_response_logprobs(model, batch, temperature, with_entropy)
     width = batch.response_mask.shape[1]
     output = model(
         input_ids=batch.sequences,

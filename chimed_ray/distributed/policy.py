@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from chimed_ray.config import OptimConfig, ScaleConfig
     from chimed_ray.config.common import LoRAConfig
     from chimed_ray.distributed.batch import Experience, RolloutBatch
+    from chimed_ray.distributed.weight_sync import SyncStats
     from chimed_ray.rollout.base import SamplingParams
 
 
@@ -171,6 +172,22 @@ def disable_dropout(module: "torch.nn.Module") -> None:
             child.p = 0.0
         if isinstance(getattr(child, "attention_dropout", None), float):  # HF attention passes it as dropout_p
             child.attention_dropout = 0.0
+
+    def open_weight_sync(self, address: tuple[str, int], world_size: int, backend: str, lora_sync: str,
+                         bucket_bytes: int) -> list:
+        """Rank 0 joins the weight-sync group with the engines; every rank plans the same buckets."""
+        from chimed_ray.distributed.weight_sync import SyncGroup, WeightSender
+        from chimed_ray.models.lora import lora_scaling
+
+        group = SyncGroup(address, 0, world_size, backend) if self.rank == 0 else None
+        self.weight_sender = WeightSender(
+            self.engine.module, self.engine.zero_optimization_stage() == 3, lora_sync if self.lora else None,
+            lora_scaling(self.engine.module) if self.lora else 1.0, bucket_bytes, group, self.device)
+        return self.weight_sender.buckets
+
+    def send_weights(self) -> "SyncStats":
+        """Broadcast the current weights bucket by bucket (distributed/weight_sync.py)."""
+        return self.weight_sender.send()
 
 
 def eos_token_ids(tokenizer) -> list[int]:

@@ -1,21 +1,23 @@
-"""A separate rollout engine group (vLLM, or an HF engine on its own actors) and weight sync.
+"""A separate rollout engine group: vLLM, or an HF engine on its own actors.
 
-After every policy update the driver calls `sync_weights(policy, rollout)`: the policy ranks
-gather the full weights (a collective under ZeRO-3), rank 0's copy goes into Ray's object store
-once, and every engine actor loads it straight from there (the driver never touches the bytes).
+The policy's weights reach it through `distributed/weight_sync.py` after every update. With
+`rollout.async=true` it also returns the behaviour log-probs of what it sampled, so the policy
+can train one step off-policy with the right importance ratios.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from chimed_ray.distributed.worker import ModelSpec, Worker
+from chimed_ray.rollout.base import Generation, derive_seed
 
 if TYPE_CHECKING:
     import torch
 
-    from chimed_ray.distributed.group import ActorGroup
+    from chimed_ray.config.common import LoRAConfig
+    from chimed_ray.distributed.weight_sync import Bucket, SyncStats
     from chimed_ray.rollout.base import SamplingParams
 
 
@@ -38,19 +40,42 @@ class RolloutWorker(Worker):
             network = model.causal_lm(self.tokenizer).to(self.device).eval().requires_grad_(False)
             self.engine = HFEngine(network, eos, pad, batch_size)
 
-    def generate(self, prompts: list[list[int]], params: "SamplingParams") -> list[list[int]]:
-        if params.seed is not None:
-            params = type(params)(**{**params.__dict__, "seed": params.seed + self.rank})
-        return self.engine.generate(prompts, params)
+    def _own_seed(self, params: "SamplingParams") -> "SamplingParams":
+        # Mixed, not added: seed + rank would make rank 1's stream at step t rank 0's at step t + 1.
+        if params.seed is None:
+            return params
+        return type(params)(**{**params.__dict__, "seed": derive_seed(params.seed, self.rank)})
 
-    def load_weights(self, state_dict: dict[str, "torch.Tensor"]) -> int:
-        """Load new weights; returns the bytes received (for the sync throughput metric)."""
-        self.engine.load_weights(state_dict)
-        return sum(t.numel() * t.element_size() for t in state_dict.values())
+    def generate(self, prompts: list[list[int]], params: "SamplingParams") -> list[list[int]]:
+        return self.engine.generate(prompts, self._own_seed(params))
+
+    def sample(self, prompts: list[list[int]], params: "SamplingParams") -> Generation:
+        """Answers plus the behaviour log-prob of every answer token under this engine's weights."""
+        return self.engine.generate_with_logprobs(prompts, self._own_seed(params))
+
+    def load_weights(self, state_dict: dict[str, "torch.Tensor"]) -> "SyncStats":
+        """Object-store sync: load a full state dict (Ray has already copied it into this process)."""
+        from chimed_ray.distributed.weight_sync import PeakMemory, SyncStats
+
+        with PeakMemory(self.device) as memory:
+            self.engine.load_weights(state_dict)
+        return SyncStats(sum(t.numel() * t.element_size() for t in state_dict.values()), memory.extra)
+
+    def open_weight_sync(self, address: tuple[str, int], rank: int, world_size: int, backend: str,
+                         lora: Optional["LoRAConfig"] = None) -> None:
+        """Join the weight-sync group as `rank`; with `lora` (adapter sync) wrap the model in the
+        same adapters first, so the policy's adapter names land on it."""
+        if lora is not None:
+            self.engine.add_adapters(lora)
+        self.engine.open_weight_sync(address, rank, world_size, backend)
+
+    def receive_weights(self, buckets: list["Bucket"]) -> "SyncStats":
+        """Collective sync: load the buckets policy rank 0 broadcasts; returns bytes received."""
+        return self.engine.receive_weights(buckets)
 
     def weights_digest(self) -> str:
         """A hash of the engine's weights (HF engine only), to check a sync in tests."""
-        return state_digest(self.engine.model.state_dict())
+        return state_digest(self.engine.state_dict())
 
 
 def state_digest(state_dict: dict[str, "torch.Tensor"]) -> str:
@@ -61,11 +86,13 @@ def state_digest(state_dict: dict[str, "torch.Tensor"]) -> str:
     return digest.hexdigest()[:16]
 
 
-def sync_weights(policy: "ActorGroup", rollout: "ActorGroup") -> int:
-    """Push the policy's current weights into every engine of `rollout`; returns bytes per engine."""
-    import ray
+def behaviour_logprobs(generations: list[Generation], width: int) -> "torch.Tensor":
+    """The engines' per-token log-probs (rank order) as `[B, width]`, zero past each answer, laid
+    out like the answers of a `RolloutBatch`."""
+    import torch
 
-    state_refs = policy.async_run("full_state_dict")  # rank 0 holds the weights, the others None
-    received = ray.get(rollout.async_run("load_weights", state_refs[0]))
-    ray.get(state_refs[1:])
-    return int(received[0])
+    rows = [row for generation in generations for row in generation.logprobs]
+    logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
+    for index, row in enumerate(rows):
+        logprobs[index, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return logprobs

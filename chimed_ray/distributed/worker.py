@@ -113,7 +113,9 @@ class TrainableWorker(Worker):
         from chimed_ray.trainers.engine import gathered_state_dict
 
         state = gathered_state_dict(self.engine)
-        return None if state is None else {name: tensor.detach().cpu() for name, tensor in state.items()}
+        # clone: under ZeRO-1/2 each weight is a view into one flat buffer, and pickling a view (Ray
+        # does, to return it) writes its whole storage, i.e. the full model once per tensor.
+        return None if state is None else {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
 
     def save_checkpoint(self, directory: str) -> None:
         """Weights, optimizer, scheduler and step counter: every rank writes its shards."""

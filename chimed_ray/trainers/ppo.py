@@ -9,14 +9,18 @@ Each step, read top to bottom in `run_ppo`:
   4. token rewards: score at the    8. push the new weights to a separate rollout engine
      last token, KL penalty on all  9. log, checkpoint
      (or KL in the loss)
+
+With `rollout.async=true` (a separate engine) steps 1-2 of step t+1 run on the engine while steps
+3-8 of step t run on the other groups: one step off-policy, the importance ratios taken against
+the engine's own (behaviour) log-probs, the weights synced at each step boundary.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import ray
 
@@ -35,13 +39,14 @@ from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
 from chimed_ray.distributed.group import WorkerDiedError, gather
 from chimed_ray.distributed.policy import eos_token_ids
-from chimed_ray.distributed.rollout import sync_weights
+from chimed_ray.distributed.rollout import behaviour_logprobs
+from chimed_ray.distributed.weight_sync import SyncReport, WeightSync
 from chimed_ray.distributed.worker import mean_metrics
 from chimed_ray.models import load_tokenizer
 from chimed_ray.models.heads import require_hf_checkpoints
 from chimed_ray.planning.check import check_memory
-from chimed_ray.rollout.base import SamplingParams
-from chimed_ray.rollout.prompts import load_prompts
+from chimed_ray.rollout.base import Generation, SamplingParams
+from chimed_ray.rollout.prompts import Prompt, load_prompts
 from chimed_ray.trainers.launch import ensure_ray
 from chimed_ray.utils.files import absolute_path
 from chimed_ray.trainers.ppo_groups import PPOGroups, loss_specs, start_groups
@@ -81,36 +86,41 @@ def run_ppo(config: PPOConfig) -> Path:
         state = restore_checkpoint(groups, resume_from) if resume_from else DriverState(kl_coef=algo.kl_coef)
         kl_controller = (AdaptiveKLController(state.kl_coef, algo.kl_target, algo.kl_horizon) if algo.kl_target
                          else FixedKLController(state.kl_coef))
-        if groups.rollout is not None:
-            sync_weights(groups.policy, groups.rollout)  # the engine starts from the (restored) policy
+        # The engine starts from the (restored) policy; after each update it gets the new weights.
+        sync = (WeightSync(groups.policy, groups.rollout, rollout_cfg.weight_sync, rollout_cfg.sync_bucket_mb,
+                           "nccl" if config.scale.use_gpu else "gloo", rollout_cfg.lora_sync, config.model.lora)
+                if groups.rollout is not None else None)
+        if sync is not None:
+            sync()
+        engine_version = state.step  # the policy step whose weights the generator holds
         order = PromptOrder(len(prompts), config.optim.seed)
         tracker = RunTracker(output, config.total_steps, state.step, tensorboard=config.logging.tensorboard,
                              progress_bar=config.logging.progress_bar, description="ppo", tracking=config.logging,
                              run_config=to_dict(config), run_name=config.run_name)
-        generator = groups.rollout or groups.policy
+        pipelined, pending = rollout_cfg.async_, None
         for step in range(state.step + 1, config.total_steps + 1):
             timer, step_started = PhaseTimer(), time.perf_counter()
-            # 1. Sample prompts; each one is answered samples_per_prompt times.
-            chosen = order.take(state.prompt_position, rollout_cfg.prompts_per_step)
-            prompt_ids = [prompts[i].token_ids for i in chosen for _ in range(rollout_cfg.samples_per_prompt)]
-            group_ids = [i for i in chosen for _ in range(rollout_cfg.samples_per_prompt)]
-            sampling = SamplingParams(rollout_cfg.max_new_tokens, rollout_cfg.temperature, rollout_cfg.top_p,
-                                      rollout_cfg.top_k, seed=config.optim.seed * 100_003 + step)
-
-            # 2. Generate with the current policy (on the policy workers, or the separate engine).
+            # 1-2. Sample prompts (each answered samples_per_prompt times) and generate answers, on
+            # the policy workers or the separate engine. Pipelined (rollout.async), this batch was
+            # started last step with the weights before that step's update, and the engine now
+            # starts the next one while this one is scored and trained on (one step off-policy).
             with timer("generate"):
-                parts = gather(generator.async_run_sharded("generate", prompt_ids, sampling))  # rank order
-            answers = [ids for part in parts for ids in part]
-            rollout = build_rollout_batch(prompt_ids, answers, group_ids, pad_id, eos_ids)
+                current = pending or start_rollout(groups, prompts, order, state.prompt_position, step,
+                                                   engine_version, config)
+                rollout, behaviour, staleness = finish_rollout(current, step, pad_id, eos_ids)
+            pending = (start_rollout(groups, prompts, order, state.prompt_position + len(current.chosen), step + 1,
+                                     engine_version, config) if pipelined and step < config.total_steps else None)
             mask = rollout.response_mask
 
-            # 3. Score in parallel: old and reference log-probs, values, rewards.
+            # 3. Score in parallel: reference log-probs, values, rewards, and the old log-probs (the
+            # behaviour policy's: the engine's own when pipelined, else the policy's, which equal them).
             with timer("score"):
-                old_refs = groups.policy.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
+                old_refs = ([] if behaviour is not None
+                            else groups.policy.async_run_sharded("logprobs", rollout, rollout_cfg.temperature))
                 reference_refs = groups.reference.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
                 value_refs = groups.critic.async_run_sharded("values", rollout) if groups.critic else []
                 score_refs = groups.reward.async_run_sharded("score", rollout)
-                old_logprobs = concat_rows(gather(old_refs))  # [B, R]
+                old_logprobs = behaviour if behaviour is not None else concat_rows(gather(old_refs))  # [B, R]
                 reference_logprobs = concat_rows(gather(reference_refs))  # [B, R]
                 values = concat_rows(gather(value_refs)) if value_refs else None  # [B, R]
                 scores = concat_rows(gather(score_refs))  # [B]
@@ -142,18 +152,21 @@ def run_ppo(config: PPOConfig) -> Path:
                     train_refs += groups.critic.async_run_sharded("train_step", experience, critic_spec)
                 train_metrics = mean_metrics(gather(train_refs))
 
-            # 8. Weight sync: a separate engine must sample from the updated policy next step.
+            # 8. Weight sync at the step boundary: the engine samples the next batch with these
+            # weights (pipelined: after it finishes the batch it is generating now).
             with timer("sync"):
-                synced_bytes = sync_weights(groups.policy, groups.rollout) if groups.rollout is not None else 0
+                synced = sync() if sync is not None else None
+            engine_version = step
 
             # 9. Bookkeeping: KL controller, counters, metrics, checkpoint.
             mean_kl = float((kl.sum(dim=1)).mean())
             kl_controller.update(mean_kl, rollout.size)
-            state = replace(state, step=step, prompt_position=state.prompt_position + len(chosen),
+            state = replace(state, step=step, prompt_position=state.prompt_position + len(current.chosen),
                             kl_coef=kl_controller.value, samples=state.samples + rollout.size,
                             elapsed_s=state.elapsed_s + sum(timer.seconds.values()))
-            metrics = step_metrics(scores, kl, rollout, train_metrics, timer.seconds, synced_bytes, kl_controller.value,
+            metrics = step_metrics(scores, kl, rollout, train_metrics, timer.seconds, synced, kl_controller.value,
                                    truncated_answers(rollout.responses, mask, eos_ids, rollout_cfg.max_new_tokens))
+            metrics["rollout/staleness"] = staleness
             tracker.log(step, {**metrics, "time/step_s": time.perf_counter() - step_started})
             if step == config.total_steps or (config.logging.save_every and step % config.logging.save_every == 0):
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
@@ -169,7 +182,46 @@ def run_ppo(config: PPOConfig) -> Path:
         groups.shutdown()
 
 
-def step_metrics(scores, kl, rollout, train_metrics, seconds, synced_bytes, kl_coef, truncated) -> dict[str, float]:
+@dataclass
+class PendingRollout:
+    """A batch being generated: its prompts, the weights generating it, the remote calls."""
+
+    chosen: list[int]  # prompt indices of this step
+    prompt_ids: list[list[int]]  # [B] each prompt samples_per_prompt times
+    group_ids: list[int]  # [B]
+    weights_version: int  # the policy step whose weights generate it
+    refs: list  # one per generator rank: answers, or a `Generation` with behaviour log-probs
+    with_logprobs: bool
+
+
+def start_rollout(groups: PPOGroups, prompts: list[Prompt], order: PromptOrder, position: int, step: int,
+                  weights_version: int, config: PPOConfig) -> PendingRollout:
+    """Steps 1-2 started: take the step's prompts and ask the generator for answers (no wait).
+    Pipelined, the separate engine also returns its log-probs: they are the behaviour policy's."""
+    rollout_cfg = config.rollout
+    chosen = order.take(position, rollout_cfg.prompts_per_step)
+    prompt_ids = [prompts[i].token_ids for i in chosen for _ in range(rollout_cfg.samples_per_prompt)]
+    group_ids = [i for i in chosen for _ in range(rollout_cfg.samples_per_prompt)]
+    sampling = SamplingParams(rollout_cfg.max_new_tokens, rollout_cfg.temperature, rollout_cfg.top_p,
+                              rollout_cfg.top_k, seed=config.optim.seed * 100_003 + step)
+    method = "sample" if rollout_cfg.async_ else "generate"
+    refs = (groups.rollout or groups.policy).async_run_sharded(method, prompt_ids, sampling)
+    return PendingRollout(chosen, prompt_ids, group_ids, weights_version, refs, rollout_cfg.async_)
+
+
+def finish_rollout(pending: PendingRollout, step: int, pad_id: int, eos_ids: list[int]):
+    """Wait for the answers: `(RolloutBatch, behaviour log-probs [B, R] or None, staleness)`, the
+    staleness being how many policy updates the generating weights lag behind the policy."""
+    parts = gather(pending.refs)  # rank order
+    generations = parts if pending.with_logprobs else [Generation(part, []) for part in parts]
+    answers = [ids for generation in generations for ids in generation.answers]
+    rollout = build_rollout_batch(pending.prompt_ids, answers, pending.group_ids, pad_id, eos_ids)
+    behaviour = behaviour_logprobs(generations, rollout.response_mask.shape[1]) if pending.with_logprobs else None
+    return rollout, behaviour, (step - 1) - pending.weights_version
+
+
+def step_metrics(scores, kl, rollout, train_metrics, seconds, synced: Optional[SyncReport], kl_coef,
+                 truncated) -> dict[str, float]:
     """What one step logs: rewards, KL, policy/critic stats, lengths, the share of answers cut off
     at `max_new_tokens` (`truncated`, [B] bool), time and tokens/s per phase."""
     mask = rollout.response_mask
@@ -187,7 +239,11 @@ def step_metrics(scores, kl, rollout, train_metrics, seconds, synced_bytes, kl_c
         if phase in tokens:
             metrics[f"throughput/{phase}_tokens_per_s"] = tokens[phase] / max(elapsed, 1e-9)
     metrics["throughput/samples_per_s"] = rollout.size / max(sum(seconds.values()), 1e-9)
-    metrics["sync/megabytes"] = synced_bytes / 2**20
+    if synced is not None:
+        metrics["sync/megabytes"] = synced.nbytes / 2**20
+        metrics["sync/engine_peak_extra_mb"] = synced.engine_peak_extra_bytes / 2**20
+        if synced.policy_peak_extra_bytes is not None:
+            metrics["sync/policy_peak_extra_mb"] = synced.policy_peak_extra_bytes / 2**20
     return metrics
 
 
