@@ -33,6 +33,7 @@ from chimed_ray.config import dump_config
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
 from chimed_ray.distributed.group import WorkerDiedError, gather
+from chimed_ray.distributed.offload import Turns
 from chimed_ray.distributed.policy import eos_token_ids
 from chimed_ray.distributed.rollout import sync_weights
 from chimed_ray.distributed.worker import mean_metrics
@@ -78,8 +79,12 @@ def run_ppo(config: PPOConfig) -> Path:
         state = restore_checkpoint(groups, resume_from) if resume_from else DriverState(kl_coef=algo.kl_coef)
         kl_controller = (AdaptiveKLController(state.kl_coef, algo.kl_target, algo.kl_horizon) if algo.kl_target
                          else FixedKLController(state.kl_coef))
+        # Colocated roles take turns on the device: only the models a phase needs are on it.
+        turns = Turns(config.scale.offload_idle_models)
+        turns.offload_all(groups.by_role().values())  # a restored checkpoint brought states back
         if groups.rollout is not None:
-            sync_weights(groups.policy, groups.rollout)  # the engine starts from the (restored) policy
+            with turns.holding(groups.policy, "weights"), turns.holding(groups.rollout, "weights"):
+                sync_weights(groups.policy, groups.rollout)  # the engine starts from the (restored) policy
         order = PromptOrder(len(prompts), config.optim.seed)
         tracker = RunTracker(output, config.total_steps, state.step, tensorboard=config.logging.tensorboard,
                              progress_bar=config.logging.progress_bar, description="ppo")
@@ -95,17 +100,17 @@ def run_ppo(config: PPOConfig) -> Path:
 
             # 2. Generate with the current policy (on the policy workers, or the separate engine).
             with timer("generate"):
-                parts = gather(generator.async_run_sharded("generate", prompt_ids, sampling))  # rank order
+                parts = gather(turns.run(generator, "generate", prompt_ids, sampling))  # rank order
             answers = [ids for part in parts for ids in part]
             rollout = build_rollout_batch(prompt_ids, answers, group_ids, pad_id, eos_ids)
             mask = rollout.response_mask
 
-            # 3. Score in parallel: old and reference log-probs, values, rewards.
+            # 3. Score: old and reference log-probs, values, rewards (in parallel, or in turns).
             with timer("score"):
-                old_refs = groups.policy.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
-                reference_refs = groups.reference.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
-                value_refs = groups.critic.async_run_sharded("values", rollout) if groups.critic else []
-                score_refs = groups.reward.async_run_sharded("score", rollout)
+                old_refs = turns.run(groups.policy, "logprobs", rollout, rollout_cfg.temperature)
+                reference_refs = turns.run(groups.reference, "logprobs", rollout, rollout_cfg.temperature)
+                value_refs = turns.run(groups.critic, "values", rollout) if groups.critic else []
+                score_refs = turns.run(groups.reward, "score", rollout)
                 old_logprobs = concat_rows(gather(old_refs))  # [B, R]
                 reference_logprobs = concat_rows(gather(reference_refs))  # [B, R]
                 values = concat_rows(gather(value_refs)) if value_refs else None  # [B, R]
@@ -130,14 +135,17 @@ def run_ppo(config: PPOConfig) -> Path:
             # 7. PPO epochs over minibatches, policy and critic in parallel.
             policy_spec, critic_spec = loss_specs(config, step)
             with timer("train"):
-                train_refs = groups.policy.async_run_sharded("train_step", experience, policy_spec)
+                train_refs = turns.run(groups.policy, "train_step", experience, policy_spec, states="all")
                 if groups.critic is not None:
-                    train_refs += groups.critic.async_run_sharded("train_step", experience, critic_spec)
+                    train_refs += turns.run(groups.critic, "train_step", experience, critic_spec, states="all")
                 train_metrics = mean_metrics(gather(train_refs))
 
             # 8. Weight sync: a separate engine must sample from the updated policy next step.
             with timer("sync"):
-                synced_bytes = sync_weights(groups.policy, groups.rollout) if groups.rollout is not None else 0
+                synced_bytes = 0
+                if groups.rollout is not None:
+                    with turns.holding(groups.policy, "weights"), turns.holding(groups.rollout, "weights"):
+                        synced_bytes = sync_weights(groups.policy, groups.rollout)
 
             # 9. Bookkeeping: KL controller, counters, metrics, checkpoint.
             mean_kl = float((kl.sum(dim=1)).mean())
@@ -149,6 +157,7 @@ def run_ppo(config: PPOConfig) -> Path:
             tracker.log(step, {**metrics, "time/step_s": time.perf_counter() - step_started})
             if step == config.total_steps or (config.logging.save_every and step % config.logging.save_every == 0):
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
+                turns.offload_all(groups.by_role().values())  # saving brought every state back
             if step == config.fault.kill_at_step:
                 groups.kill(config.fault.role, config.fault.rank)
         tracker.close()
