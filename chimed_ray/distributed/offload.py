@@ -153,8 +153,11 @@ class DeviceStates:
         return moved
 
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes each group currently holds on the device (0 once offloaded)."""
-        return {name: sum(entry.storage.nbytes() for entry in entries) for name, entries in self.groups.items()}
+        """Bytes of `weights` and of `optimizer` states on the device (0 once offloaded), and the
+        bytes held in `host` copies."""
+        resident = {name: sum(entry.storage.nbytes() for entry in entries) for name, entries in self.groups.items()}
+        resident["host"] = sum(entry.host.numel() for entry in self._selected("all") if entry.host is not None)
+        return resident
 
     def is_resident(self, states: States) -> bool:
         return all(entry.host is None for entry in self._selected(states))
@@ -233,6 +236,12 @@ class Turns:
 
         if self.enabled:
             gather([ref for group in groups for ref in group.async_run("offload")])
+
+    def settle(self) -> None:
+        """Block until the last turn's offload is done."""
+        from chimed_ray.distributed.group import gather
+
+        gather(self._previous)
 
     @contextlib.contextmanager
     def holding(self, group: "ActorGroup", states: States = "all"):

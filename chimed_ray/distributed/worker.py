@@ -149,9 +149,14 @@ class Worker:
                 sleep_vllm(self._vllm())
                 self._sleeping = True
             return 0
-        if self._states is None or self._states.is_resident("all"):
-            self._states = self.device_states()  # optimizer moments appear after the first step
+        self._refresh_states()
         return self._states.offload() if self._states is not None else 0
+
+    def _refresh_states(self) -> None:
+        """Collect the states anew whenever all are on the device (optimizer moments appear at the
+        first step; a checkpoint load may replace buffers); never while some are offloaded."""
+        if self._states is None or self._states.is_resident("all"):
+            self._states = self.device_states()
 
     def reload(self, states: "States" = "all", *after: Any) -> int:
         """Bring back the weights (for forwards) or `all` states (for training); returns the bytes."""
@@ -170,13 +175,14 @@ class Worker:
             self._states.reload(states)
 
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes of weights and of optimizer states now on the device (0 when offloaded)."""
-        return self._states.resident_bytes() if self._states is not None else {"weights": 0, "optimizer": 0}
+        """Bytes of weights and of optimizer states now on the device (0 when offloaded), and of
+        their host copies."""
+        return self._states.resident_bytes() if self._states is not None else {"weights": 0, "optimizer": 0, "host": 0}
 
     def states_digest(self) -> str:
         """A hash of every offloadable state (to check that a round trip is bit-identical)."""
-        states = self._states if self._states is not None else self.device_states()
-        return states.digest() if states is not None else ""
+        self._refresh_states()
+        return self._states.digest() if self._states is not None else ""
 
 
 class TrainableWorker(Worker):
