@@ -132,7 +132,7 @@ def run_ppo(config: PPOConfig) -> Path:
                                     old_logprobs=old_logprobs, advantages=advantages,
                                     returns=returns if values is not None else None, old_values=values)
 
-            # 7. PPO epochs over minibatches, policy and critic in parallel.
+            # 7. PPO epochs over minibatches, policy and critic (in parallel, or in turns).
             policy_spec, critic_spec = loss_specs(config, step)
             with timer("train"):
                 train_refs = turns.run(groups.policy, "train_step", experience, policy_spec, states="all")
