@@ -59,7 +59,12 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
 ) -> "PreTrainedModel":
-    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory."""
+    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory, in `precision`.
+
+    transformers (>= 5) builds the model on the meta device and streams the safetensors into it,
+    so host memory peaks near one copy of the weights in the target dtype; inside
+    `trainers.engine.sharded_construction` (ZeRO-3) each rank keeps only its partition.
+    """
     from transformers import AutoModelForCausalLM
 
     require_dir(path, "model checkpoint")
