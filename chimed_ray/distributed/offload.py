@@ -167,7 +167,8 @@ class DeviceStates:
         digest = hashlib.sha256()
         for entry in self._selected("all"):
             source = entry.host if entry.host is not None else _bytes_of(entry.storage)
-            digest.update(source.numpy().tobytes())
+            # A copy: numpy sharing a storage would pin it to a fixed size for good.
+            digest.update(source.clone().numpy().tobytes())
         return digest.hexdigest()[:16]
 
 

@@ -88,7 +88,8 @@ def initialize_frozen(model: "torch.nn.Module", config: dict[str, Any]):
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval returns None, not the engine
+    return engine
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
