@@ -177,6 +177,7 @@ class Worker:
     def resident_bytes(self) -> dict[str, int]:
         """Bytes of weights and of optimizer states now on the device (0 when offloaded), and of
         their host copies."""
+        self._refresh_states()
         return self._states.resident_bytes() if self._states is not None else {"weights": 0, "optimizer": 0, "host": 0}
 
     def states_digest(self) -> str:
