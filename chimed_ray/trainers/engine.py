@@ -70,9 +70,12 @@ def sharded_construction(config: Optional[dict[str, Any]]) -> Iterator[None]:
     if not is_zero3(config):
         yield
         return
+    import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    deepspeed.init_distributed(auto_mpi_discovery=False)  # zero.Init would; joins the existing group
+    _return_large_frees_to_the_os()
     keep_alive = HfDeepSpeedConfig(config)
     try:
         yield
@@ -80,6 +83,26 @@ def sharded_construction(config: Optional[dict[str, Any]]) -> Iterator[None]:
         # Later constructions in this process (e.g. a frozen replica) must not be partitioned.
         unset_hf_deepspeed_config()
         del keep_alive
+
+
+def _return_large_frees_to_the_os() -> None:
+    """On a CPU run the partitions live in host memory. zero.Init frees each full-size weight right
+    after partitioning it; glibc's dynamic mmap threshold would otherwise serve later weights from
+    the heap, where freed blocks interleaved with kept partitions are never returned to the OS, and
+    the process would grow as if it held the whole model. A fixed threshold keeps large blocks in
+    mmap (the glibc default before any free raises it). No-op with CUDA or without glibc."""
+    import ctypes
+    import ctypes.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def initialize_frozen(model: "torch.nn.Module", config: dict[str, Any]):

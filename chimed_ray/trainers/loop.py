@@ -131,7 +131,7 @@ def build_engine(task: StageTask, config, tokenizer, total_steps: int, device) -
     from chimed_ray.utils.memory import PeakRSS
 
     ds_config = ds_engine.deepspeed_config(config.optim, config.scale)
-    with PeakRSS() as peak, ds_engine.sharded_construction(ds_config):
+    with ds_engine.sharded_construction(ds_config), PeakRSS() as peak:  # DeepSpeed's own set-up not counted
         model = task.build_model(config, tokenizer)
     if not ds_engine.is_zero3(ds_config):  # a partitioned model already has its shards on `device`
         model = model.to(device)
