@@ -90,13 +90,7 @@ class _Storage:
 @dataclass
 class DeviceStates:
     """The storages one role keeps on `device`, split into weights and the rest (optimizer states,
-    master weights, gradients), each offloadable and reloadable on its own.
-
-    Args:
-        device: The compute device; tensors elsewhere (DeepSpeed's own CPU offload) stay put.
-        weights: Tensors needed for forward passes.
-        others: Tensors needed only for training.
-    """
+    master weights, gradients), each offloadable and reloadable on its own."""
 
     device: "torch.device"
     groups: dict[str, list[_Storage]] = field(default_factory=dict)
@@ -104,6 +98,8 @@ class DeviceStates:
     @classmethod
     def collect(cls, device: "torch.device", weights: Iterable["torch.Tensor"],
                 others: Iterable["torch.Tensor"] = ()) -> "DeviceStates":
+        """Group the storages behind `weights` (needed for forwards) and `others` (needed only for
+        training), each storage once; tensors off `device` (DeepSpeed's own CPU offload) stay put."""
         seen: set[int] = set()
         groups: dict[str, list[_Storage]] = {"weights": [], "optimizer": []}
         for name, tensors in (("weights", weights), ("optimizer", others)):
