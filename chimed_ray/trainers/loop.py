@@ -116,8 +116,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tensorboard=config.logging.tensorboard, progress_bar=config.logging.progress_bar,
         description=loop_config["task"],
     )
-    if build_peak_mb is not None:
-        tracker.log(state.step, {"memory/model_build_peak_mb": build_peak_mb})
+    if build_peak_mb is not None:  # filed under the first step, so every logged step has train metrics
+        tracker.log(state.step + 1, {"memory/model_build_peak_mb": build_peak_mb})
     engine.train()  # from_pretrained returns eval mode; dropout must be on from the first step
     _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device)
     tracker.close()
