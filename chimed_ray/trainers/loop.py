@@ -116,10 +116,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tensorboard=config.logging.tensorboard, progress_bar=config.logging.progress_bar,
         description=loop_config["task"],
     )
-    if build_peak_mb is not None:  # filed under the first step, so every logged step has train metrics
-        tracker.log(state.step + 1, {"memory/model_build_peak_mb": build_peak_mb})
     engine.train()  # from_pretrained returns eval mode; dropout must be on from the first step
-    _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device)
+    # Logged with the first train metrics, so readers find train metrics on every logged step.
+    first_log = {} if build_peak_mb is None else {"memory/model_build_peak_mb": build_peak_mb}
+    _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker,
+               device, first_log)
     tracker.close()
 
 
@@ -145,7 +146,8 @@ def build_engine(task: StageTask, config, tokenizer, total_steps: int, device) -
     return ds_engine.initialize(model, config.optim, config.scale, total_steps), build_peak_mb
 
 
-def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device) -> None:
+def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device,
+               first_log: dict[str, float]) -> None:
     log, optim = config.logging, config.optim
     window: dict[str, float] = {}
     window_weight, window_tokens, window_start = 0.0, 0.0, time.perf_counter()
@@ -170,7 +172,8 @@ def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_ex
             last_metrics = {f"train/{k}": v / max(summed[0], 1e-9) for k, v in zip(sorted(window), summed[2:])}
             last_metrics.update({"train/lr": engine.get_lr()[0], "train/tokens_per_s": summed[1] / max(elapsed, 1e-9), "train/epoch": state.epoch})
             if state.step % log.log_every == 0 or state.step == total_steps:
-                tracker.log(state.step, last_metrics)
+                tracker.log(state.step, {**first_log, **last_metrics})
+                first_log = {}
             window, window_weight, window_tokens, window_start = {}, 0.0, 0.0, time.perf_counter()
             final = state.step >= total_steps
             if eval_examples and (final or (log.eval_every and state.step % log.eval_every == 0)):
