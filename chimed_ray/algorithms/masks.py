@@ -153,9 +153,11 @@ def truncated_answers(
 def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """Log-probability of each label under the softmax of `logits`, computed in float32.
 
-    The vocabulary axis is large (150k for Qwen), so a full `log_softmax` of `[B, T, V]` would
-    double peak memory; instead rows are processed `chunk_size` at a time and only the gathered
-    values are kept. Gradients flow back to `logits`.
+    The vocabulary axis is large (150k for Qwen), so a float32 `log_softmax` of bf16 `[B, T, V]`
+    logits would triple their memory. Rows are processed `chunk_size` at a time, forward and
+    backward alike: the backward pass recomputes each chunk's softmax from the logits (which the
+    caller holds anyway) and the saved `[N]` log-normalisers, so the extra memory is one float32
+    `chunk_size x V` block in both passes, with or without gradients. Gradients flow to `logits`.
 
     Args:
         logits: `[..., V]`, e.g. `[B, T, V]`, in any float dtype.
@@ -166,14 +168,36 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAU
         `[...]` float32 log-probabilities.
     """
     vocab_size = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab_size)  # [N, V]
-    flat_labels = labels.reshape(-1, 1)  # [N, 1]
-    pieces = []
-    for start in range(0, flat_logits.shape[0], chunk_size):
-        chunk = flat_logits[start : start + chunk_size].float()  # [n, V]
-        picked = chunk.gather(dim=-1, index=flat_labels[start : start + chunk_size]).squeeze(-1)  # [n]
-        pieces.append(picked - torch.logsumexp(chunk, dim=-1))
-    return _cat_or_empty(pieces, logits).reshape(labels.shape)
+    flat = _ChunkedLogprobs.apply(logits.reshape(-1, vocab_size), labels.reshape(-1), chunk_size)  # [N]
+    return flat.reshape(labels.shape)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log p(label) = z[label] - logsumexp(z); d/dz = g * (onehot(label) - softmax(z)), by chunks."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, chunk_size: int) -> Tensor:  # [N, V], [N] -> [N]
+        log_normalisers = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+        picked = torch.empty_like(log_normalisers)  # [N]
+        for start in range(0, logits.shape[0], chunk_size):
+            chunk = logits[start : start + chunk_size].float()  # [n, V]
+            log_normalisers[start : start + chunk_size] = torch.logsumexp(chunk, dim=-1)
+            picked[start : start + chunk_size] = chunk.gather(-1, labels[start : start + chunk_size, None]).squeeze(-1)
+        ctx.save_for_backward(logits, labels, log_normalisers)
+        ctx.chunk_size = chunk_size
+        return picked - log_normalisers
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        logits, labels, log_normalisers = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)  # [N, V], the logits' own dtype
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            probs = (logits[rows].float() - log_normalisers[rows, None]).exp_()  # [n, V]
+            grad = probs.mul_(-grad_output[rows, None].float())
+            grad.scatter_add_(-1, labels[rows, None], grad_output[rows, None].float())
+            grad_logits[rows] = grad.to(grad_logits.dtype)
+        return grad_logits, None, None
 
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:

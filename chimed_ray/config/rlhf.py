@@ -200,6 +200,10 @@ class PPOScaleConfig:
     # Colocated roles take turns on a device: idle models and optimizer states leave it between
     # generate, score and train. None: true with placement=colocate, false with split.
     offload_idle: Optional[bool] = None
+    # Reference and reward models: false keeps a full replica per rank in the run's dtype (fast,
+    # no communication); true partitions them as ZeRO-3 inference shards over their group (each
+    # forward gathers one layer at a time; 1/N of the memory, for models that do not fit whole).
+    frozen_zero3: bool = False
     gpu_memory_gb: float = 80.0  # per GPU, for the memory plan (`chimed-ray plan`)
     memory_check: bool = True  # refuse, before any actor starts, a config the memory plan says cannot fit
     policy: GroupScale = field(default_factory=GroupScale)

@@ -31,19 +31,23 @@ class ValueLossSpec:
 class CriticWorker(TrainableWorker):
     """One rank of the trainable critic."""
 
-    def setup(self, model: ModelSpec, optim: "OptimConfig", scale: "ScaleConfig", total_steps: int) -> None:
+    def setup(self, model: ModelSpec, optim: "OptimConfig", scale: "ScaleConfig", total_steps: int,
+              forward_batch_size: int = 0) -> None:
+        """Build the critic (partitioned under ZeRO-3); `forward_batch_size` rows per no-grad
+        forward when scoring (0: `optim.micro_batch_size`)."""
         self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
-        self.micro_batch_size = optim.micro_batch_size
+        self.forward_batch_size = forward_batch_size or optim.micro_batch_size
         self.init_engine(model.scalar_model(self.tokenizer), optim, scale, total_steps)
 
     def values(self, batch: "RolloutBatch") -> "torch.Tensor":
         """V(s_t) before each answer token: `[b, R]`."""
         from chimed_ray.distributed.forward import no_grad_in_micro_batches, response_values
 
+        self.ensure_on_device("weights")
         self.engine.eval()
         try:
             return no_grad_in_micro_batches(
-                lambda micro: response_values(self.engine.module, micro.to(self.device)), batch, self.micro_batch_size
+                lambda micro: response_values(self.engine, micro.to(self.device)), batch, self.forward_batch_size
             )
         finally:
             self.engine.train()
@@ -53,11 +57,12 @@ class CriticWorker(TrainableWorker):
         from chimed_ray.algorithms import masked_mean, value_loss
         from chimed_ray.distributed.forward import response_values
 
+        self.ensure_on_device("all")
         records = []
         for rows in minibatch_order(experience.size, spec.mini_batch_size, spec.ppo_epochs, spec.seed):
             for micro in experience.select(rows).micro_batches(spec.micro_batch_size):
                 micro = micro.to(self.device)
-                values = response_values(self.engine.module, micro)  # [b, R]
+                values = response_values(self.engine, micro)  # [b, R]
                 loss, clip_fraction = value_loss(values, micro.old_values, micro.returns, micro.response_mask,
                                                  spec.value_clip or None, spec.agg_mode)
                 self._backward_step(loss)

@@ -21,8 +21,14 @@ if TYPE_CHECKING:
 
 def response_logprobs(
     model: torch.nn.Module, batch: "RolloutBatch", temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """Log-probabilities (and entropies) of the answer tokens under `model`.
+    """Log-probabilities (and entropies) of the answer tokens under `model` (a DeepSpeed engine or
+    an HF model; called at the top level so ZeRO-3's gather hooks fire).
+
+    Args:
+        entropy_grad: False computes the entropy without a graph (its coefficient is 0, it is only
+            logged), so no `[B, R, V]` float32 intermediates are kept for backward.
 
     Returns:
         `(logprobs [B, R], entropy [B, R] or None)`, float32; gradients flow when enabled.
@@ -41,12 +47,16 @@ def response_logprobs(
     )
     logits = output.logits[:, :-1] / temperature  # [B, R, V]
     logprobs = logprobs_from_logits(logits, batch.responses)  # [B, R]
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits)
     return logprobs, entropy
 
 
 def response_values(model: torch.nn.Module, batch: "RolloutBatch") -> Tensor:
-    """The critic's value of the state before each answer token: `[B, R]` float32."""
+    """The critic's value of the state before each answer token: `[B, R]` float32. `model` is the
+    DeepSpeed engine (or the HF model): its top-level forward runs, so ZeRO-3's hooks fire."""
     values = token_values(model, batch.sequences, batch.attention_mask)  # [B, P + R]
     return values[:, batch.prompt_width - 1 : -1]
 

@@ -1,5 +1,9 @@
 """The frozen roles: the reference policy (log-probs for the KL penalty) and the reward (a reward
-model, or a Python function named in the config as `module:function`, run on the reward actors)."""
+model, or a Python function named in the config as `module:function`, run on the reward actors).
+
+A frozen model is a replica in the run's dtype on every rank, or, with `scale.frozen_zero3`, a
+ZeRO-3 inference shard (built partitioned, run through DeepSpeed's engine with no optimizer);
+`ModelSpec.deepspeed` carries the choice."""
 
 from __future__ import annotations
 
@@ -29,34 +33,48 @@ def load_function(spec: str) -> RewardFunction:
     return function
 
 
+def frozen_states(model, device):
+    """A frozen replica's weights, or a ZeRO-3 inference engine's partitions (it has no optimizer)."""
+    from chimed_ray.distributed.offload import module_states
+
+    return module_states(getattr(model, "module", model), device)
+
+
 class ReferenceWorker(Worker):
     """The initial policy, frozen: log-probs of the sampled answers for the KL penalty."""
 
-    def setup(self, model: ModelSpec, micro_batch_size: int) -> None:
+    def setup(self, model: ModelSpec, forward_batch_size: int) -> None:
         self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
-        self.model = model.causal_lm(self.tokenizer).to(self.device).eval().requires_grad_(False)
-        self.micro_batch_size = micro_batch_size
+        self.model = model.frozen(model.causal_lm(self.tokenizer), self.device)
+        self.forward_batch_size = forward_batch_size
+
+    def device_states(self):
+        return frozen_states(self.model, self.device)
 
     def logprobs(self, batch: "RolloutBatch", temperature: float = 1.0) -> "torch.Tensor":
         """`[b, R]` log-probs of the answer tokens under the reference policy."""
         from chimed_ray.distributed.forward import no_grad_in_micro_batches, response_logprobs
 
+        self.ensure_on_device("weights")
         return no_grad_in_micro_batches(
             lambda micro: response_logprobs(self.model, micro.to(self.device), temperature)[0],
-            batch, self.micro_batch_size,
+            batch, self.forward_batch_size,
         )
 
 
 class RewardWorker(Worker):
     """Scores whole answers: a reward model read at the last token, or a rule function on text."""
 
-    def setup(self, model: ModelSpec, function: str, micro_batch_size: int) -> None:
+    def setup(self, model: ModelSpec, function: str, forward_batch_size: int) -> None:
         self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
-        self.micro_batch_size = micro_batch_size
+        self.forward_batch_size = forward_batch_size
         self.function = load_function(function) if function else None
         self.model = None
         if self.function is None:
-            self.model = model.scalar_model(self.tokenizer).to(self.device).eval().requires_grad_(False)
+            self.model = model.frozen(model.scalar_model(self.tokenizer), self.device)
+
+    def device_states(self):
+        return None if self.model is None else frozen_states(self.model, self.device)
 
     def score(self, batch: "RolloutBatch") -> "torch.Tensor":
         """One score per answer: `[b]` float32."""
@@ -67,9 +85,10 @@ class RewardWorker(Worker):
         from chimed_ray.distributed.forward import no_grad_in_micro_batches
         from chimed_ray.models.heads import sequence_scores
 
+        self.ensure_on_device("weights")
         return no_grad_in_micro_batches(
             lambda micro: sequence_scores(self.model, micro.sequences.to(self.device), micro.attention_mask.to(self.device)),
-            batch, self.micro_batch_size,
+            batch, self.forward_batch_size,
         ).to(torch.float32)
 
     def _score_with_function(self, batch: "RolloutBatch") -> "torch.Tensor":

@@ -57,11 +57,19 @@ class PolicyWorker(TrainableWorker):
     lora: Optional["LoRAConfig"] = None
 
     def setup(self, model: ModelSpec, optim: "OptimConfig", scale: "ScaleConfig", total_steps: int,
-              generation_batch_size: int = 0, lora: Optional["LoRAConfig"] = None) -> None:
+              generation_batch_size: int = 0, forward_batch_size: int = 0,
+              lora: Optional["LoRAConfig"] = None) -> None:
+        """Build the policy (partitioned under ZeRO-3) and its DeepSpeed engine.
+
+        Args:
+            generation_batch_size: Prompts per `generate` call (0: the rank's whole shard); bounds
+                the KV cache.
+            forward_batch_size: Rows per no-grad forward when scoring (0: `optim.micro_batch_size`).
+        """
         from chimed_ray.rollout.hf_engine import HFEngine
 
         self.load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
-        self.micro_batch_size = optim.micro_batch_size
+        self.forward_batch_size = forward_batch_size or optim.micro_batch_size
         network = model.causal_lm(self.tokenizer)
         if lora is not None and lora.enabled:
             from chimed_ray.models.lora import apply_lora
@@ -77,12 +85,15 @@ class PolicyWorker(TrainableWorker):
                                 generation_batch_size)
 
     @contextlib.contextmanager
-    def _full_parameters(self):
-        """Under ZeRO-3 each rank holds a slice of every weight; generation needs them whole."""
+    def _generation_weights(self):
+        """Under ZeRO-3 each rank holds a slice of every weight. Generation gathers them once per
+        rollout and lifts DeepSpeed's forward hooks (DeepSpeed's `unwrap_model_for_generation`),
+        so no token step runs a collective: ranks whose answers end at different lengths (or
+        after different numbers of generation batches) never wait on each other."""
         if self.engine.zero_optimization_stage() == 3:
-            import deepspeed
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters())):
+            with unwrap_model_for_generation(self.engine):
                 yield
         else:
             yield
@@ -112,24 +123,27 @@ class PolicyWorker(TrainableWorker):
         """One answer per prompt, sampled with the current weights."""
         if params.seed is not None:
             params = type(params)(**{**params.__dict__, "seed": params.seed + self.rank})
-        with self._full_parameters():
+        self.ensure_on_device("weights")
+        with self._generation_weights():
             return self.rollout.generate(prompts, params)
 
     def logprobs(self, batch: "RolloutBatch", temperature: float = 1.0) -> "torch.Tensor":
         """Log-probs of the answer tokens under the current weights: `[b, R]`."""
         from chimed_ray.distributed.forward import no_grad_in_micro_batches, response_logprobs
 
+        self.ensure_on_device("weights")
         self.engine.eval()
         try:
             return no_grad_in_micro_batches(
                 lambda micro: response_logprobs(self.engine, micro.to(self.device), temperature)[0],
-                batch, self.micro_batch_size,
+                batch, self.forward_batch_size,
             )
         finally:
             self.engine.train()
 
     def train_step(self, experience: "Experience", spec: PolicyLossSpec) -> dict[str, float]:
         """`ppo_epochs` passes over this rank's shard in minibatches; one optimizer step each."""
+        self.ensure_on_device("all")
         records = []
         for rows in minibatch_order(experience.size, spec.mini_batch_size, spec.ppo_epochs, spec.seed):
             minibatch = experience.select(rows)
@@ -144,7 +158,9 @@ class PolicyWorker(TrainableWorker):
         from chimed_ray.algorithms import entropy_bonus, ppo_clip
         from chimed_ray.distributed.forward import response_logprobs
 
-        logprobs, entropy = response_logprobs(self.engine, micro, spec.temperature, with_entropy=True)
+        # The entropy is always logged; it needs a graph only when it is part of the loss.
+        logprobs, entropy = response_logprobs(self.engine, micro, spec.temperature, with_entropy=True,
+                                              entropy_grad=spec.entropy_coef != 0)
         policy_loss, stats = ppo_clip(
             logprobs, micro.old_logprobs, micro.advantages, micro.response_mask,
             clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, agg_mode=spec.agg_mode,

@@ -80,7 +80,12 @@ def load_causal_lm(
     attn_implementation: str = "sdpa",
     key: str = "model.path",
 ) -> "PreTrainedModel":
-    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory (safetensors only)."""
+    """Load an `AutoModelForCausalLM` from a local HF checkpoint directory (safetensors only), in `precision`.
+
+    transformers (>= 5) builds the model on the meta device and streams the safetensors into it,
+    so host memory peaks near one copy of the weights in the target dtype; inside
+    `trainers.engine.sharded_construction` (ZeRO-3) each rank keeps only its partition.
+    """
     from transformers import AutoModelForCausalLM
 
     require_hf_checkpoint(path, key)

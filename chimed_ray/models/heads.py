@@ -78,14 +78,30 @@ def position_ids_from_mask(attention_mask: "torch.Tensor") -> "torch.Tensor":
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def token_values(model: "PreTrainedModel", input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
-    """The head's output at every position: `[B, T]` float32 (the critic's V(s_t))."""
-    if hasattr(model, "get_base_model"):  # a peft (LoRA) wrapper: adapters live inside the base model
+def _unwrapped(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The HF model inside a DeepSpeed engine and/or a peft (LoRA) wrapper."""
+    model = getattr(model, "module", model)  # DeepSpeed engine
+    if hasattr(model, "get_base_model"):  # peft: adapters live inside the base model
         model = model.get_base_model()
-    hidden = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).last_hidden_state  # [B, T, H]
-    return score_head(model)(hidden).squeeze(-1).float()  # [B, T]
+    return model
+
+
+def token_values(model: "torch.nn.Module", input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """The head's output at every position: `[B, T]` float32 (the critic's V(s_t)).
+
+    Args:
+        model: A sequence-classification model, its peft wrapper, or a DeepSpeed engine around
+            either. The top-level forward runs, so every wrapper's hooks (ZeRO-3 parameter gathering)
+            fire; the per-token scores are caught on their way out of the score head.
+    """
+    caught: list["torch.Tensor"] = []
+    hook = score_head(_unwrapped(model)).register_forward_hook(lambda _module, _inputs, output: caught.append(output))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+              use_cache=False)
+    finally:
+        hook.remove()
+    return caught[-1].squeeze(-1).float()  # [B, T]
 
 
 def last_position(attention_mask: "torch.Tensor") -> "torch.Tensor":

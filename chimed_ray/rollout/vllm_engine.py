@@ -75,7 +75,8 @@ class VLLMEngine:
         # was drawn from (raw logprobs ignore temperature), for one-step off-policy ratios.
         self.llm = LLM(model=path, dtype=dtypes[precision], gpu_memory_utilization=gpu_memory_utilization,
                        seed=seed, trust_remote_code=trust_remote_code, enable_prefix_caching=True,
-                       worker_extension_cls=EXTENSION, logprobs_mode="processed_logprobs")
+                       worker_extension_cls=EXTENSION, logprobs_mode="processed_logprobs",
+                       enable_sleep_mode=True)  # colocated runs sleep it between rollouts (distributed/offload.py)
         self.eos_token_ids = set(eos_token_ids)
 
     def _sampling(self, params: SamplingParams, count: int, logprobs: bool) -> list:  # pragma: no cover

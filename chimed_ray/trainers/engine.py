@@ -1,10 +1,12 @@
-"""DeepSpeed set-up shared by every trainable model (Ray Train stages and PPO's policy/critic):
-the ZeRO config, AdamW with warmup+cosine, and HF-format saving under any ZeRO stage."""
+"""DeepSpeed set-up shared by every model it wraps (Ray Train stages, PPO's policy and critic, and
+frozen roles held as ZeRO-3 inference shards): the ZeRO config, construction already partitioned
+under ZeRO-3, AdamW with warmup+cosine, and HF-format saving under any ZeRO stage."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,81 @@ def deepspeed_config(optim: "OptimConfig", scale: "ScaleConfig") -> dict[str, An
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def inference_config(precision: str, micro_batch_size: int = 1) -> dict[str, Any]:
+    """ZeRO-3 without an optimizer: a frozen model (reference, reward) partitioned over its group,
+    each forward gathering one layer at a time."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def is_zero3(config: Optional[dict[str, Any]]) -> bool:
+    return bool(config) and config.get("zero_optimization", {}).get("stage") == 3
+
+
+@contextlib.contextmanager
+def sharded_construction(config: Optional[dict[str, Any]]) -> Iterator[None]:
+    """Build HF models inside this block already partitioned when `config` is ZeRO-3.
+
+    transformers wraps `from_pretrained`/`from_config` in `deepspeed.zero.Init` while an
+    `HfDeepSpeedConfig` is alive (it keeps only a weak reference, so we hold it here): each rank
+    then materialises one layer at a time and keeps only its partition, instead of the whole model
+    (52 GB in fp32 at 13B) before `deepspeed.initialize` partitions it. Outside ZeRO-3 this does
+    nothing. Needs the process group (Ray Train and our actor groups set it up first).
+    """
+    if not is_zero3(config):
+        yield
+        return
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    deepspeed.init_distributed(auto_mpi_discovery=False)  # zero.Init would; joins the existing group
+    _return_large_frees_to_the_os()
+    keep_alive = HfDeepSpeedConfig(config)
+    try:
+        yield
+    finally:
+        # Later constructions in this process (e.g. a frozen replica) must not be partitioned.
+        unset_hf_deepspeed_config()
+        del keep_alive
+
+
+def _return_large_frees_to_the_os() -> None:
+    """On a CPU run the partitions live in host memory. zero.Init frees each full-size weight right
+    after partitioning it; glibc's dynamic mmap threshold would otherwise serve later weights from
+    the heap, where freed blocks interleaved with kept partitions are never returned to the OS, and
+    the process would grow as if it held the whole model. A fixed threshold keeps large blocks in
+    mmap (the glibc default before any free raises it). No-op with CUDA or without glibc."""
+    import ctypes
+    import ctypes.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def initialize_frozen(model: "torch.nn.Module", config: dict[str, Any]):
+    """Wrap a frozen, already partitioned model as a ZeRO-3 inference engine (no optimizer): its
+    forward gathers and releases each layer's parameters through DeepSpeed's hooks."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+    engine.eval()  # DeepSpeedEngine.eval returns None, not the engine
+    return engine
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -98,7 +98,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from chimed_ray.config import from_dict
     from chimed_ray.models import load_tokenizer
-    from chimed_ray.trainers import engine as ds_engine
     from chimed_ray.utils.tracking import RunTracker
 
     task = load_task(loop_config["task"])
@@ -115,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, batches.micro_batches_per_epoch // optim.gradient_accumulation_steps)
     total_steps = optim.max_steps or optim.epochs * steps_per_epoch
 
-    engine = ds_engine.initialize(task.build_model(config, tokenizer).to(device), optim, config.scale, total_steps)
+    engine, build_peak_mb = build_engine(task, config, tokenizer, total_steps, device)
     state = restore_checkpoint(engine, config.storage_path, config.run_name, world) or TrainState()
     tracker = RunTracker(
         config.output_dir, total_steps, state.step, active=rank == 0,
@@ -124,11 +123,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         run_name=config.run_name,
     )
     engine.train()  # from_pretrained returns eval mode; dropout must be on from the first step
-    _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device)
+    # Logged with the first train metrics, so readers find train metrics on every logged step.
+    first_log = {} if build_peak_mb is None else {"memory/model_build_peak_mb": build_peak_mb}
+    _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker,
+               device, first_log)
     tracker.close()
 
 
-def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device) -> None:
+def build_engine(task: StageTask, config, tokenizer, total_steps: int, device) -> tuple[Any, Optional[float]]:
+    """The stage's model in a DeepSpeed engine, and the largest host-memory increase any rank saw
+    while building the model (MiB; None without /proc). Under ZeRO-3 the model is built already
+    partitioned (`sharded_construction`), so a rank never holds it whole."""
+    from chimed_ray.trainers import engine as ds_engine
+    from chimed_ray.utils.memory import PeakRSS
+
+    ds_config = ds_engine.deepspeed_config(config.optim, config.scale)
+    with ds_engine.sharded_construction(ds_config), PeakRSS() as peak:  # DeepSpeed's own set-up not counted
+        model = task.build_model(config, tokenizer)
+    if not ds_engine.is_zero3(ds_config):  # a partitioned model already has its shards on `device`
+        model = model.to(device)
+    build_peak_mb = None
+    if peak.increase_mb is not None:
+        build_peak_mb = peak.increase_mb
+        if dist.is_initialized():
+            tensor = torch.tensor([peak.increase_mb], dtype=torch.float64, device=device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            build_peak_mb = float(tensor.item())
+    return ds_engine.initialize(model, config.optim, config.scale, total_steps), build_peak_mb
+
+
+def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_examples, state, total_steps, tracker, device,
+               first_log: dict[str, float]) -> None:
     log, optim = config.logging, config.optim
     window: dict[str, float] = {}
     window_weight, window_tokens, window_start = 0.0, 0.0, time.perf_counter()
@@ -153,7 +178,8 @@ def _run_steps(task, engine, tokenizer, config, batches, train_examples, eval_ex
             last_metrics = {f"train/{k}": v / max(summed[0], 1e-9) for k, v in zip(sorted(window), summed[2:])}
             last_metrics.update({"train/lr": engine.get_lr()[0], "train/tokens_per_s": summed[1] / max(elapsed, 1e-9), "train/epoch": state.epoch})
             if state.step % log.log_every == 0 or state.step == total_steps:
-                tracker.log(state.step, last_metrics)
+                tracker.log(state.step, {**first_log, **last_metrics})
+                first_log = {}
             window, window_weight, window_tokens, window_start = {}, 0.0, 0.0, time.perf_counter()
             final = state.step >= total_steps
             if eval_examples and (final or (log.eval_every and state.step % log.eval_every == 0)):

@@ -38,6 +38,7 @@ from chimed_ray.config import dump_config, to_dict
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.batch import Experience, build_rollout_batch, concat_rows
 from chimed_ray.distributed.group import WorkerDiedError, gather
+from chimed_ray.distributed.offload import Turns
 from chimed_ray.distributed.policy import eos_token_ids
 from chimed_ray.distributed.rollout import behaviour_logprobs
 from chimed_ray.distributed.weight_sync import SyncReport, WeightSync
@@ -86,12 +87,16 @@ def run_ppo(config: PPOConfig) -> Path:
         state = restore_checkpoint(groups, resume_from) if resume_from else DriverState(kl_coef=algo.kl_coef)
         kl_controller = (AdaptiveKLController(state.kl_coef, algo.kl_target, algo.kl_horizon) if algo.kl_target
                          else FixedKLController(state.kl_coef))
+        # Colocated roles take turns on the device: only the models a phase needs are on it.
+        turns = Turns(config.scale.offload_idle_models)
+        turns.offload_all(groups.by_role().values())  # a restored checkpoint brought states back
         # The engine starts from the (restored) policy; after each update it gets the new weights.
         sync = (WeightSync(groups.policy, groups.rollout, rollout_cfg.weight_sync, rollout_cfg.sync_bucket_mb,
                            "nccl" if config.scale.use_gpu else "gloo", rollout_cfg.lora_sync, config.model.lora)
                 if groups.rollout is not None else None)
         if sync is not None:
-            sync()
+            with turns.holding(groups.policy, "weights"), turns.holding(groups.rollout, "weights"):
+                sync()
         engine_version = state.step  # the policy step whose weights the generator holds
         order = PromptOrder(len(prompts), config.optim.seed)
         tracker = RunTracker(output, config.total_steps, state.step, tensorboard=config.logging.tensorboard,
@@ -105,21 +110,21 @@ def run_ppo(config: PPOConfig) -> Path:
             # started last step with the weights before that step's update, and the engine now
             # starts the next one while this one is scored and trained on (one step off-policy).
             with timer("generate"):
-                current = pending or start_rollout(groups, prompts, order, state.prompt_position, step,
+                current = pending or start_rollout(groups, turns, prompts, order, state.prompt_position, step,
                                                    engine_version, config)
                 rollout, behaviour, staleness = finish_rollout(current, step, pad_id, eos_ids)
-            pending = (start_rollout(groups, prompts, order, state.prompt_position + len(current.chosen), step + 1,
-                                     engine_version, config) if pipelined and step < config.total_steps else None)
+            pending = (start_rollout(groups, turns, prompts, order, state.prompt_position + len(current.chosen),
+                                     step + 1, engine_version, config) if pipelined and step < config.total_steps else None)
             mask = rollout.response_mask
 
-            # 3. Score in parallel: reference log-probs, values, rewards, and the old log-probs (the
-            # behaviour policy's: the engine's own when pipelined, else the policy's, which equal them).
+            # 3. Score (in parallel, or in turns): reference log-probs, values, rewards, and the old
+            # log-probs (the behaviour policy's: the engine's own when pipelined, else the policy's).
             with timer("score"):
                 old_refs = ([] if behaviour is not None
-                            else groups.policy.async_run_sharded("logprobs", rollout, rollout_cfg.temperature))
-                reference_refs = groups.reference.async_run_sharded("logprobs", rollout, rollout_cfg.temperature)
-                value_refs = groups.critic.async_run_sharded("values", rollout) if groups.critic else []
-                score_refs = groups.reward.async_run_sharded("score", rollout)
+                            else turns.run(groups.policy, "logprobs", rollout, rollout_cfg.temperature))
+                reference_refs = turns.run(groups.reference, "logprobs", rollout, rollout_cfg.temperature)
+                value_refs = turns.run(groups.critic, "values", rollout) if groups.critic else []
+                score_refs = turns.run(groups.reward, "score", rollout)
                 old_logprobs = behaviour if behaviour is not None else concat_rows(gather(old_refs))  # [B, R]
                 reference_logprobs = concat_rows(gather(reference_refs))  # [B, R]
                 values = concat_rows(gather(value_refs)) if value_refs else None  # [B, R]
@@ -144,18 +149,21 @@ def run_ppo(config: PPOConfig) -> Path:
                                     returns=returns if values is not None else None, old_values=values,
                                     reference_logprobs=reference_logprobs if algo.kl_in_loss else None)
 
-            # 7. PPO epochs over minibatches, policy and critic in parallel.
+            # 7. PPO epochs over minibatches, policy and critic (in parallel, or in turns).
             policy_spec, critic_spec = loss_specs(config, step)
             with timer("train"):
-                train_refs = groups.policy.async_run_sharded("train_step", experience, policy_spec)
+                train_refs = turns.run(groups.policy, "train_step", experience, policy_spec, states="all")
                 if groups.critic is not None:
-                    train_refs += groups.critic.async_run_sharded("train_step", experience, critic_spec)
+                    train_refs += turns.run(groups.critic, "train_step", experience, critic_spec, states="all")
                 train_metrics = mean_metrics(gather(train_refs))
 
             # 8. Weight sync at the step boundary: the engine samples the next batch with these
             # weights (pipelined: after it finishes the batch it is generating now).
             with timer("sync"):
-                synced = sync() if sync is not None else None
+                synced = None
+                if sync is not None:
+                    with turns.holding(groups.policy, "weights"), turns.holding(groups.rollout, "weights"):
+                        synced = sync()
             engine_version = step
 
             # 9. Bookkeeping: KL controller, counters, metrics, checkpoint.
@@ -170,6 +178,7 @@ def run_ppo(config: PPOConfig) -> Path:
             tracker.log(step, {**metrics, "time/step_s": time.perf_counter() - step_started})
             if step == config.total_steps or (config.logging.save_every and step % config.logging.save_every == 0):
                 save_checkpoint(groups, state, output, config.logging.keep_checkpoints)
+                turns.offload_all(groups.by_role().values())  # saving brought every state back
             if step == config.fault.kill_at_step:
                 groups.kill(config.fault.role, config.fault.rank)
         final = save_final(groups, output)
@@ -194,8 +203,8 @@ class PendingRollout:
     with_logprobs: bool
 
 
-def start_rollout(groups: PPOGroups, prompts: list[Prompt], order: PromptOrder, position: int, step: int,
-                  weights_version: int, config: PPOConfig) -> PendingRollout:
+def start_rollout(groups: PPOGroups, turns: Turns, prompts: list[Prompt], order: PromptOrder, position: int,
+                  step: int, weights_version: int, config: PPOConfig) -> PendingRollout:
     """Steps 1-2 started: take the step's prompts and ask the generator for answers (no wait).
     Pipelined, the separate engine also returns its log-probs: they are the behaviour policy's."""
     rollout_cfg = config.rollout
@@ -205,7 +214,7 @@ def start_rollout(groups: PPOGroups, prompts: list[Prompt], order: PromptOrder, 
     sampling = SamplingParams(rollout_cfg.max_new_tokens, rollout_cfg.temperature, rollout_cfg.top_p,
                               rollout_cfg.top_k, seed=config.optim.seed * 100_003 + step)
     method = "sample" if rollout_cfg.async_ else "generate"
-    refs = (groups.rollout or groups.policy).async_run_sharded(method, prompt_ids, sampling)
+    refs = turns.run(groups.rollout or groups.policy, method, prompt_ids, sampling)
     return PendingRollout(chosen, prompt_ids, group_ids, weights_version, refs, rollout_cfg.async_)
 
 

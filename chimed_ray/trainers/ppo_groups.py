@@ -1,12 +1,15 @@
 """Start PPO's actor groups from a validated `PPOConfig`: reserve placement groups, create the
 policy, reference, reward, critic (only when the advantage estimator needs one) and separate
-rollout-engine groups, and load every model. Each worker receives plain specs, not the config."""
+rollout-engine groups, and load every model. Each worker receives plain specs, not the config:
+model specs (with the DeepSpeed config a ZeRO-3 role is built partitioned for), batch sizes, and
+its role's optimizer and scale sections."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from chimed_ray.config import OptimConfig
 from chimed_ray.config.rlhf import PPOConfig
 from chimed_ray.distributed.critic import CriticWorker, ValueLossSpec
 from chimed_ray.distributed.frozen import ReferenceWorker, RewardWorker
@@ -15,6 +18,7 @@ from chimed_ray.distributed.placement import RoleResources, Slot, plan_slots, re
 from chimed_ray.distributed.policy import PolicyLossSpec, PolicyWorker
 from chimed_ray.distributed.rollout import RolloutWorker
 from chimed_ray.distributed.worker import ModelSpec
+from chimed_ray.trainers.engine import deepspeed_config, inference_config
 
 WORKERS = {
     "policy": PolicyWorker, "critic": CriticWorker, "reference": ReferenceWorker,
@@ -67,20 +71,52 @@ def optimizer_steps(config: PPOConfig) -> int:
     return config.total_steps * config.algorithm.ppo_epochs * per_step
 
 
-def model_spec(config: PPOConfig, path: str, tokenizer_path: str, trainable: bool) -> ModelSpec:
-    """Trainable roles load in fp32 (DeepSpeed casts to bf16/fp16 and keeps fp32 master weights);
-    frozen roles load directly in the run's precision."""
+def model_spec(config: PPOConfig, path: str, tokenizer_path: str, trainable: bool,
+               deepspeed: Optional[dict] = None) -> ModelSpec:
+    """Every role loads its weights in the run's training dtype (bf16 on GPU: DeepSpeed keeps the
+    fp32 master copy in the optimizer's partitions); `deepspeed` is the config a ZeRO-3 role is
+    built partitioned for (None: a plain replica)."""
     model = config.model
-    precision = "fp32" if trainable else config.scale.deepspeed_scale(config.scale.policy).resolved_precision()
+    precision = config.scale.deepspeed_scale(config.scale.policy).resolved_precision()
     return ModelSpec(
         path=path, tokenizer_path=tokenizer_path, tiny=model.tiny, trust_remote_code=model.trust_remote_code,
         attn_implementation=model.attn_implementation, precision=precision, seed=config.optim.seed,
-        gradient_checkpointing=model.gradient_checkpointing and trainable,
+        gradient_checkpointing=model.gradient_checkpointing and trainable, deepspeed=deepspeed,
     )
 
 
+def role_optim(config: PPOConfig, role: str) -> OptimConfig:
+    optim = config.optim if role == "policy" else config.critic_optim
+    return replace(optim, gradient_accumulation_steps=config.gradient_accumulation(role))
+
+
+def trainable_spec(config: PPOConfig, role: str, path: str, tokenizer_path: str) -> ModelSpec:
+    """The policy's or critic's model spec: ZeRO-3 builds it already partitioned."""
+    scale = config.scale.deepspeed_scale(getattr(config.scale, role))
+    deepspeed = deepspeed_config(role_optim(config, role), scale) if scale.zero_stage == 3 else None
+    return model_spec(config, path, tokenizer_path, trainable=True, deepspeed=deepspeed)
+
+
+def frozen_spec(config: PPOConfig, path: str, tokenizer_path: str) -> ModelSpec:
+    """Reference and reward: ZeRO-3 inference shards with `scale.frozen_zero3`, else replicas."""
+    precision = config.scale.deepspeed_scale(config.scale.policy).resolved_precision()
+    deepspeed = inference_config(precision, forward_batch_size(config)) if config.scale.frozen_zero3 else None
+    return model_spec(config, path, tokenizer_path, trainable=False, deepspeed=deepspeed)
+
+
+def forward_batch_size(config: PPOConfig, role: str = "policy") -> int:
+    """Rows per no-grad scoring forward: `rollout.forward_batch_size`, else the role's micro-batch."""
+    optim = config.critic_optim if role == "critic" else config.optim
+    return config.rollout.forward_batch_size or optim.micro_batch_size
+
+
 def start_groups(config: PPOConfig) -> PPOGroups:
-    """Reserve resources, create every role's actor group and load the models (in parallel)."""
+    """Reserve resources, create every role's actor group and load the models.
+
+    Roles load in parallel; when colocated roles take turns on the device (`offload_idle`), each
+    role loads and leaves the device before the next one starts, so loading never needs more
+    device memory than the largest role.
+    """
     scale, needs_critic = config.scale, config.algorithm.needs_critic
     roles = ["policy", "reference", "reward"] + (["critic"] if needs_critic else [])
     roles += ["rollout"] if config.rollout.separate_engine else []
@@ -92,28 +128,35 @@ def start_groups(config: PPOConfig) -> PPOGroups:
     slots = plan_slots(resources, scale.placement, config.run_name)
     backend = "nccl" if scale.use_gpu else "gloo"
     groups = {role: ActorGroup(role, WORKERS[role], slots[role], backend) for role in roles}
+    gather([ref for group in groups.values() for ref in group.ready])
 
     policy_path, policy_tokenizer = config.model.path, config.model.tokenizer_path or config.model.path
-    total = optimizer_steps(config)
-    refs = groups["policy"].async_run(
-        "setup", model_spec(config, policy_path, policy_tokenizer, trainable=True),
-        replace(config.optim, gradient_accumulation_steps=config.gradient_accumulation("policy")),
-        scale.deepspeed_scale(scale.policy), total, lora=config.model.lora)
-    frozen_policy = model_spec(config, policy_path, policy_tokenizer, trainable=False)
-    refs += groups["reference"].async_run("setup", frozen_policy, config.optim.micro_batch_size)
-    reward_model = model_spec(config, config.reward.path, "" if config.reward.path else policy_tokenizer, trainable=False)
-    refs += groups["reward"].async_run("setup", reward_model, config.reward.function, config.optim.micro_batch_size)
+    total, rollout_cfg = optimizer_steps(config), config.rollout
+    setups = {"policy": lambda: groups["policy"].async_run(
+        "setup", trainable_spec(config, "policy", policy_path, policy_tokenizer), role_optim(config, "policy"),
+        scale.deepspeed_scale(scale.policy), total, rollout_cfg.generation_batch_size, forward_batch_size(config),
+        lora=config.model.lora)}
+    setups["reference"] = lambda: groups["reference"].async_run(
+        "setup", frozen_spec(config, policy_path, policy_tokenizer), forward_batch_size(config))
+    reward_model = frozen_spec(config, config.reward.path, "" if config.reward.path else policy_tokenizer)
+    setups["reward"] = lambda: groups["reward"].async_run(
+        "setup", reward_model, config.reward.function, forward_batch_size(config))
     if needs_critic:
         critic_path = config.critic_path or config.reward.path or config.model.path
-        critic_model = model_spec(config, critic_path, policy_tokenizer, trainable=True)
-        refs += groups["critic"].async_run(
-            "setup", critic_model,
-            replace(config.critic_optim, gradient_accumulation_steps=config.gradient_accumulation("critic")),
-            scale.deepspeed_scale(scale.critic), total)
-    if config.rollout.separate_engine:
-        refs += groups["rollout"].async_run("setup", config.rollout.engine, frozen_policy, 0,
-                                            config.rollout.vllm_gpu_memory_utilization)
-    gather([ref for group in groups.values() for ref in group.ready] + refs)
+        setups["critic"] = lambda: groups["critic"].async_run(
+            "setup", trainable_spec(config, "critic", critic_path, policy_tokenizer), role_optim(config, "critic"),
+            scale.deepspeed_scale(scale.critic), total, forward_batch_size(config, "critic"))
+    if rollout_cfg.separate_engine:
+        engine_model = model_spec(config, policy_path, policy_tokenizer, trainable=False)
+        setups["rollout"] = lambda: groups["rollout"].async_run(
+            "setup", rollout_cfg.engine, engine_model, rollout_cfg.generation_batch_size,
+            rollout_cfg.vllm_gpu_memory_utilization)
+    if scale.offload_idle_models:
+        for role, setup in setups.items():
+            gather(setup())
+            gather(groups[role].async_run("offload"))
+    else:
+        gather([ref for setup in setups.values() for ref in setup()])
     return PPOGroups(groups["policy"], groups["reference"], groups["reward"], groups.get("critic"),
                      groups.get("rollout"), slots)
 

@@ -76,7 +76,7 @@ class RewardTask(StageTask):
         from chimed_ray.models.heads import build_scalar_model, score_head_name
 
         model = build_scalar_model(
-            config.model.path, config.model.tiny, tokenizer, precision="fp32",
+            config.model.path, config.model.tiny, tokenizer, precision=config.scale.resolved_precision(),
             trust_remote_code=config.model.trust_remote_code,
             attn_implementation=config.model.attn_implementation, seed=config.optim.seed,
         )

@@ -43,14 +43,16 @@ class StageTask:
         raise NotImplementedError
 
     def build_model(self, config: "TrainStageConfig", tokenizer: "PreTrainedTokenizerBase") -> "torch.nn.Module":
-        """Return the (HF) model to train."""
+        """Return the (HF) model to train, its weights in the training dtype (bf16 on GPU; DeepSpeed
+        keeps fp32 master weights in the optimizer). The loop calls this inside
+        `sharded_construction`, so under ZeRO-3 HF builds it already partitioned."""
         from chimed_ray.models import build_causal_lm
 
         model = build_causal_lm(
             config.model.path,
             config.model.tiny,
             tokenizer,
-            precision="fp32",
+            precision=config.scale.resolved_precision(),
             trust_remote_code=config.model.trust_remote_code,
             attn_implementation=config.model.attn_implementation,
             seed=config.optim.seed,
