@@ -126,7 +126,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
 
     output_dir = Path(config.output_dir)
     options = TaskOptions(config.files, config.few_shot, config.few_shot_files, config.scales_file,
-                          config.max_items, config.generation.max_new_tokens)
+                          config.max_items, config.generation.max_new_tokens, config.reward_model)
     tasks = [load_task(name, options) for name in config.tasks]
     if config.checkpoints and config.scale.num_actors > 0:
         _start_ray(config)

@@ -29,7 +29,7 @@ FILES = [
      "turn is the reference."),
     ("eval/cami.jsonl", "`{id, subscale, reverse, text}`", "CAMI (Taylor & Dear 1981), 40 items in 4 subscales of 10, "
      "our own Chinese wording."),
-    ("eval/mica.jsonl", "`{id, subscale, reverse, text}`", "MICA v2 (Gabbidon et al. 2013), 16 items, our own Chinese "
+    ("eval/mica.jsonl", "`{id, subscale, reverse, text}`", "MICA v4 (Gabbidon et al. 2013), 16 items, our own Chinese "
      "wording; subscale is always `total`."),
 ]
 

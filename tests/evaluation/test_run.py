@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chimed_ray.config.eval import EVAL_TASKS, EvalConfig
+from chimed_ray.config.eval import DEFAULT_TASKS as EVAL_TASKS, EvalConfig
 from chimed_ray.config.loader import ConfigError, load_config
 from chimed_ray.evaluation.run import main, run_evaluation
 
@@ -49,7 +49,10 @@ def test_tiny_model_on_bundled_sets(tiny_checkpoint, tmp_path):
     model = report["models"]["tiny"]
     assert list(model["tasks"]) == list(EVAL_TASKS)
     assert all(0 <= model["tasks"][t]["metrics"]["accuracy"] <= 100 for t in ("mcq", "medqa"))
-    assert 1 <= model["tasks"]["cami"]["metrics"]["mean"] <= 5 and 1 <= model["tasks"]["mica"]["metrics"]["mean"] <= 6
+    cami, mica = model["tasks"]["cami"]["metrics"], model["tasks"]["mica"]["metrics"]
+    assert "mean" not in cami and "total" not in cami, "CAMI subscales point different ways: no pooled score"
+    assert all(1 <= value <= 5 for key, value in cami.items() if key.startswith("subscale/"))
+    assert 1 <= mica["mean"] <= 6 and mica["total"] == pytest.approx(mica["mean"] * mica["n"])
     assert model["requests"] == sum(model["tasks"][t]["metrics"]["n"] for t in EVAL_TASKS)
     _check_outputs(report, tmp_path, ["tiny"])
 
@@ -88,7 +91,7 @@ def test_cli_runs_tiny_config(tmp_path, capsys, tiny_checkpoint):
                  "scale.progress_bar=false"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| model | mcq acc | cami mean | items/s |" in out and "| tiny |" in out
+    assert "| model | mcq acc | cami authoritarianism | items/s |" in out and "| tiny |" in out
     assert str(tmp_path / "report.md") in out
 
 
