@@ -109,7 +109,7 @@ SCALES = {
         "scoring": "16题按1～6计分；reverse为true的题目（第3、9、10、11、12、16题）反向计分（7减原分），"
         "总分16～96，越高表示对精神疾病的污名化态度越强。原量表没有公认的分量表，因此只计总分（total）。",
         "source": "Gabbidon J, et al. Mental Illness: Clinicians' Attitudes (MICA) scale—psychometric "
-        "properties of a version for healthcare students and professionals. Psychiatry Research, 2013. "
+        "properties of a version for healthcare students and professionals. Psychiatry Research, 2013 (MICA v4). "
         "条目为chimed-ray作者的中文改写。",
     },
 }
