@@ -66,6 +66,8 @@ def _headlines(models: dict[str, Any], task: str) -> list[str]:
 
 
 def _label(task: str, metric: str) -> str:
+    if task == metric:  # "reward", not "reward reward"
+        return task
     return f"{task} {metric.split('/', 1)[1] if metric.startswith('subscale/') else METRIC_NAMES[metric]}"
 
 
