@@ -136,7 +136,9 @@ def case_report(d: Disease, rng: random.Random) -> str:
     _, age_text = patient_age(d, rng)
     since = onset(d, rng)
     shown = presenting_symptoms(d)
-    results = [f"{t}：{clause}" for t, f in d.tests if (clause := result_clause(f))]
+    hedges = ("或", "可有", "可见", "多无", "多为", "者", "一般", "早期")
+    results = [f"{t}：{clause}" for t, f in d.tests
+               if (clause := result_clause(f)) and not any(h in clause for h in hedges)]
     tests = "；".join(results) if results else f"{d.tests[0][0]}结果符合本病表现"
     urgent = f"患者经急诊绿色通道入院，{d.treatment.split('；')[0]}。" if d.urgent else ""
     return "\n".join([
