@@ -86,6 +86,44 @@ def medqa_rows(diseases: list, rng: random.Random) -> list[dict]:
             for it, options, answer in lettered(items, "ABCDE", rng)]
 
 
+PRACTICE_DRAWS = 4  # each practice question drawn this many times, with other distractors and letters
+
+
+def practice_items(asked: list[dict], medqa_diseases: list, spare: list[dict], rng: random.Random) -> list[dict]:
+    """Exam practice: the pools' leftovers plus practice-only question types, each drawn several
+    times. Never an evaluation question, never a fact an evaluation item asks about: items about an
+    entity are practised only for question types the evaluation does not ask of that entity."""
+    questions = {it["question"] for it in asked}
+    answers = {it["correct"] for it in asked}
+    held = {d.name for d in medqa_diseases}
+    makers = [
+        (mi.treatment_drug_item, [d for d in DISEASES if d.name not in held]),
+        (mi.symptom_item, [d for d in DISEASES if d.name not in held and d.name not in answers]),
+    ]
+    items = list(spare)
+    for _ in range(PRACTICE_DRAWS):
+        for maker, entities in makers:
+            items += [maker(d, rng) for d in entities]
+        items += [dict(it, wrong=rng.sample(_others(it, spare), 3)) for it in spare if len(_others(it, spare)) >= 3]
+    seen, out = set(), []
+    for it in items:
+        if it is None or it["question"] in questions:
+            continue
+        key = (it["question"], it["correct"], tuple(sorted(it["wrong"])))
+        if key not in seen:
+            seen.add(key)
+            out.append(it)
+    rng.shuffle(out)
+    return out
+
+
+def _others(it: dict, pool: list[dict]) -> list[str]:
+    """Wrong options for a redrawn item: the wrong options of same-subject, same-stem-kind items."""
+    return sorted({w for other in pool if other["subject"] == it["subject"] and other is not it
+                   and other["question"][-4:] == it["question"][-4:] for w in [*other["wrong"], other["correct"]]}
+                  - {it["correct"]})
+
+
 def practice_rows(items: list[dict], rng: random.Random) -> list[dict]:
     """Exam practice as SFT conversations in the evaluation's own format (C-Eval's instruction
     with the Chinese subject name, the question block, the letter as the answer); every other one
@@ -123,12 +161,7 @@ def build() -> dict[str, list[dict]]:
         dev += pool[:PER_SUBJECT_DEV]
         test += pool[PER_SUBJECT_DEV:]
     rng.shuffle(test)
-    asked = {it["question"] for it in test + dev}
-    diagnosed = {it["correct"] for it in test + dev} | {d.name for d in medqa_diseases}
-    spare += [mi.treatment_drug_item(d, rng) for d in DISEASES if d not in medqa_diseases]
-    spare += [mi.symptom_item(d, rng) for d in DISEASES if d.name not in diagnosed]
-    practice = [it for it in spare if it is not None and it["question"] not in asked]
-    rng.shuffle(practice)
+    practice = practice_items(test + dev, medqa_diseases, spare, rng_for("mcq-practice"))
     return {
         "eval/mcq.jsonl": ceval_rows(test, rng),
         "eval/mcq_dev.jsonl": ceval_rows(dev, rng),

@@ -67,7 +67,7 @@ def test_sft_counts_format_and_mix():
                 else:
                     assert 30 <= len(turn["value"]) <= 200, f"{name}:{number}: answer of {len(turn['value'])} chars"
     exams = [row for row in train if row["conversations"][0]["value"].endswith("答案：")]
-    assert 150 <= len(exams) <= 400, f"{len(exams)} exam-practice conversations"
+    assert 500 <= len(exams) <= 1500, f"{len(exams)} exam-practice conversations"
     single = sum(len(row["conversations"]) == 2 for row in train if row not in exams) / (len(train) - len(exams))
     assert 0.5 <= single <= 0.7, f"single-turn share {single:.2f}"
 
