@@ -72,7 +72,8 @@ def plan(pipeline: PipelineConfig) -> list[Step]:
     else:
         steps["rlhf"] = Step("rlhf", _load("rejection_sampling", RejectionSamplingConfig, pipeline, rlhf_wiring), _rejection_sampling, out["rejection_sampling"])
     checkpoints = [{"name": "base", "path": str(final["pretrain"])}, {"name": "sft", "path": str(final["sft"])}, {"name": "rlhf", "path": str(final[pipeline.rlhf])}]
-    steps["eval"] = Step("eval", _load("eval", EvalConfig, pipeline, [f"output_dir={out['eval']}", f"checkpoints={_json(checkpoints)}"]), _eval, out["eval"])
+    eval_wiring = [f"output_dir={out['eval']}", f"checkpoints={_json(checkpoints)}", f"reward_model={final['reward']}"]
+    steps["eval"] = Step("eval", _load("eval", EvalConfig, pipeline, eval_wiring), _eval, out["eval"])
     served = [{"name": "chimed-rlhf", "path": str(final[pipeline.rlhf])}]
     steps["serve"] = Step("serve", _load("serve", ServeConfig, pipeline, [f"models={_json(served)}", "block=false"]), lambda cfg: _serve(cfg, pipeline), final[pipeline.rlhf])
     return [steps[name] for name in pipeline.stages]

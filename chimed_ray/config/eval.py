@@ -13,7 +13,8 @@ from typing import Literal
 from chimed_ray.config.common import TrackingConfig
 from chimed_ray.config.loader import check
 
-EVAL_TASKS = ("mcq", "medqa", "ner", "qa", "dialogue", "cami", "mica")
+EVAL_TASKS = ("mcq", "medqa", "ner", "qa", "dialogue", "cami", "mica", "reward")
+DEFAULT_TASKS = EVAL_TASKS[:-1]  # `reward` also needs `reward_model`
 
 
 @dataclass
@@ -123,7 +124,8 @@ class EvalConfig:
     output_dir: str = "outputs/eval"
     checkpoints: list[CheckpointConfig] = field(default_factory=list)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    reward_model: str = ""  # the `reward` task's scorer: an HF reward-model checkpoint
     files: dict[str, list[str]] = field(default_factory=dict)
     few_shot: int = 0
     few_shot_files: list[str] = field(default_factory=list)
@@ -148,6 +150,8 @@ class EvalConfig:
         check(bool(self.tasks), "tasks", f"choose at least one of {list(EVAL_TASKS)}")
         for index, task in enumerate(self.tasks):
             check(task in EVAL_TASKS, f"tasks[{index}]", f"expected one of {list(EVAL_TASKS)}, got {task!r}")
+        check("reward" not in self.tasks or bool(self.reward_model), "reward_model",
+              "the reward task needs a reward-model checkpoint directory")
         for task in self.files:
             check(task in EVAL_TASKS, f"files.{task}", f"unknown task, expected one of {list(EVAL_TASKS)}")
         check(0 <= self.few_shot <= 10, "few_shot", f"must be in [0, 10], got {self.few_shot}")

@@ -8,8 +8,10 @@ Accepted records, detected per record:
 * MedQA: `{"question", "options": {"A".."E"}, "answer", "meta_info"}`, where `answer` is the
   letter, or the option text with the letter in `answer_idx` (the official release).
 
-The prompt follows C-Eval's Chinese template, one chat turn per demonstration; the model's answer
-is the option letter whose token has the highest next-token log-probability after `[bot]:`.
+The prompt follows C-Eval's Chinese template, "以下是中国关于{科目}考试的单项选择题，请选出其中的正确
+答案。", with the subject's Chinese name (C-Eval's `subject_mapping.json`, CMMLU's subject names;
+an id we do not know is shown as given), one chat turn per demonstration. The model's answer is the
+option letter whose token has the highest next-token log-probability after `[bot]:`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ from chimed_ray.utils.files import InputError
 
 LETTERS = "ABCDEFGH"
 SPLIT_SUFFIXES = ("_val", "_test", "_dev", "_train")
+# Chinese names of the medical subjects of C-Eval (subject_mapping.json) and CMMLU, and of our
+# bundled pharmacology set; the prompt names the subject in Chinese, as both benchmarks do.
+SUBJECT_NAMES = {
+    "clinical_medicine": "临床医学", "basic_medicine": "基础医学", "physician": "医师资格",
+    "veterinary_medicine": "兽医学", "pharmacology": "药理学",
+    "anatomy": "解剖学", "clinical_knowledge": "临床知识", "college_medicine": "大学医学",
+    "college_medical_statistics": "大学医学统计", "genetics": "遗传学", "nutrition": "营养学",
+    "professional_medicine": "专业医学", "traditional_chinese_medicine": "中医中药", "virology": "病毒学",
+    "high_school_biology": "高中生物", "college_biology": "大学生物学",
+}
 
 
 @dataclass
@@ -99,8 +111,14 @@ def question_block(item: MCQItem) -> str:
     return "\n".join(lines) + "\n答案："
 
 
+def subject_name(subject: str) -> str:
+    """The Chinese name of a C-Eval/CMMLU subject id (`clinical_medicine` -> `临床医学`); other
+    names, Chinese ones included, are returned as given."""
+    return SUBJECT_NAMES.get(subject.strip().lower(), subject)
+
+
 def instruction(subject: str) -> str:
-    return f"以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。"
+    return f"以下是中国关于{subject_name(subject)}考试的单项选择题，请选出其中的正确答案。"
 
 
 def pick_examples(item: MCQItem, pool: list[MCQItem], k: int) -> list[MCQItem]:
@@ -155,7 +173,7 @@ class MCQTask:
         by_subject: dict[str, dict[str, float]] = {}
         for subject in sorted({p["subject"] for p in predictions}):
             rows = [p["correct"] for p in predictions if p["subject"] == subject]
-            by_subject[subject] = {"accuracy": 100.0 * accuracy(rows), "n": len(rows)}
+            by_subject[subject] = {"name": subject_name(subject), "accuracy": 100.0 * accuracy(rows), "n": len(rows)}
         metrics = {"accuracy": 100.0 * accuracy(p["correct"] for p in predictions), "n": len(predictions)}
         return TaskResult(metrics, {"by_subject": by_subject}, predictions)
 

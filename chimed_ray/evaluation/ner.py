@@ -29,9 +29,8 @@ from chimed_ray.evaluation.records import EvalRequest, EvalResponse, Record, Tas
 from chimed_ray.evaluation.records import require_field
 from chimed_ray.utils.files import InputError
 
+# CCKS-2019 task 1's six categories, in its order: the prompt always offers all six.
 CCKS_TYPES = ("疾病和诊断", "影像检查", "实验室检验", "手术", "药物", "解剖部位")
-# Prompt order of the types found in the data (the bundled set says 检查/检验 for the two tests).
-TYPE_ORDER = ("疾病和诊断", "影像检查", "检查", "实验室检验", "检验", "手术", "药物", "解剖部位")
 NO_ENTITY = {"", "无", "暂无", "没有", "none", "None"}
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•·]+|\d+\s*[.、)）]|[（(]\d+[)）])\s*")
 _SEPARATORS = re.compile(r"[、，,；;]")
@@ -72,11 +71,9 @@ def parse_doc(record: Record) -> NERDoc:
 
 
 def entity_types(docs: list[NERDoc]) -> list[str]:
-    """Types to ask for: those in the gold data (CCKS-2019 order first), else the CCKS-2019 six."""
+    """Types to ask for: CCKS-2019's six, then any other type the gold data uses (other datasets)."""
     seen = {label for doc in docs for _, label in doc.entities}
-    if not seen:
-        return list(CCKS_TYPES)
-    return [t for t in TYPE_ORDER if t in seen] + sorted(seen - set(TYPE_ORDER))
+    return list(CCKS_TYPES) + sorted(seen - set(CCKS_TYPES))
 
 
 def build_prompt(text: str, types: list[str]) -> str:

@@ -3,7 +3,9 @@
 The report is a plain dict: `{"created", "config", "models": {name: {"backend", "source",
 "requests", "seconds", "items_per_second", "tasks": {task: {"metrics", "breakdown"}},
 "skipped": {task: reason}}}}`. `seconds` is the wall time of answering every request, model loading
-included. Every score except the bias scales is in 0-100.
+included. Every score except the bias scales and the reward is in 0-100. Bias scales are shown per
+subscale with the direction each one points (a pooled score only where all point one way); the
+reward is the reward model's mean score of each model's answers to held-out prompts.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ HEADLINES = {
     "ner": ("f1",),
     "qa": ("bleu1", "bleu2", "rougeL"),
     "dialogue": ("bleu1", "bleu2", "rougeL"),
-    "cami": ("mean",),
-    "mica": ("mean",),
+    "reward": ("reward",),
+    "cami": (),  # bias scales: per-subscale columns, see _headlines
+    "mica": (),
 }
 BIAS_TASKS = ("cami", "mica")
 METRIC_NAMES = {"accuracy": "acc", "f1": "F1", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3",
-                "bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "mean": "mean"}
+                "bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "mean": "mean",
+                "total": "total", "reward": "reward"}
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
              "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC")
 
@@ -50,6 +54,40 @@ def _tasks_in(models: dict[str, Any]) -> list[str]:
     return [task for task in HEADLINES if task in seen]
 
 
+def _headlines(models: dict[str, Any], task: str) -> list[str]:
+    """The metrics shown for `task`: fixed ones, or for a bias scale its pooled total when the
+    scale reports one, else one column per subscale."""
+    if task not in BIAS_TASKS:
+        return list(HEADLINES[task])
+    metrics = [m["tasks"][task]["metrics"] for m in models.values() if task in m["tasks"]]
+    if metrics and all("total" in m for m in metrics):
+        return ["total"]
+    return list(dict.fromkeys(key for m in metrics for key in m if key.startswith("subscale/")))
+
+
+def _label(task: str, metric: str) -> str:
+    if task == metric:  # "reward", not "reward reward"
+        return task
+    return f"{task} {metric.split('/', 1)[1] if metric.startswith('subscale/') else METRIC_NAMES[metric]}"
+
+
+def _directions(models: dict[str, Any]) -> list[str]:
+    """One legend line per bias scale: the direction of each subscale shown in the summary."""
+    lines = []
+    for task in (t for t in _tasks_in(models) if t in BIAS_TASKS):
+        subscales: dict[str, Any] = {}
+        for model in models.values():
+            subscales.update(model["tasks"].get(task, {}).get("breakdown", {}).get("subscales", {}))
+        if not subscales:
+            continue
+        parts = [f"{key} ({value.get('name', key)}): {value.get('direction', 'direction not stated')}"
+                 for key, value in subscales.items()]
+        pooled = "total" in _headlines(models, task)
+        note = "pooled total, every item oriented the same way" if pooled else "mean item score per subscale, no pooled score"
+        lines.append(f"- {task.upper()} ({note}): " + "; ".join(parts))
+    return lines + [""] if lines else []
+
+
 def _metric(model: dict[str, Any], task: str, metric: str) -> Any:
     return model["tasks"].get(task, {}).get("metrics", {}).get(metric)
 
@@ -62,15 +100,17 @@ def _breakdown_table(models: dict[str, Any], task: str, section: str, value: str
         cells = [models[name]["tasks"].get(task, {}).get("breakdown", {}).get(section, {}).get(key, {})
                  for name in models]
         label = next((c["name"] for c in cells if c.get("name")), key)
+        direction = next((c["direction"] for c in cells if c.get("direction")), "")
+        label = f"{label} ({direction})" if direction else label
         rows.append([label] + [cell.get(value) for cell in cells])
     return _table([section.replace("_", " ")] + list(models), rows) if rows else []
 
 
 def summary_table(models: dict[str, Any]) -> list[str]:
     """Markdown lines of the headline table: a row per model, the headline metrics of every task."""
-    tasks = _tasks_in(models)
-    header = ["model"] + [f"{t} {METRIC_NAMES[m]}" for t in tasks for m in HEADLINES[t]] + ["items/s"]
-    rows = [[name] + [_metric(model, t, m) for t in tasks for m in HEADLINES[t]] + [model.get("items_per_second")]
+    columns = [(t, m) for t in _tasks_in(models) for m in _headlines(models, t)]
+    header = ["model"] + [_label(t, m) for t, m in columns] + ["items/s"]
+    rows = [[name] + [_metric(model, t, m) for t, m in columns] + [model.get("items_per_second")]
             for name, model in models.items()]
     return _table(header, rows)
 
@@ -80,13 +120,16 @@ def markdown_report(report: dict[str, Any]) -> str:
     models = report["models"]
     tasks = _tasks_in(models)
     lines = [f"# Evaluation report ({report.get('created', '')})", "",
-             "Scores in %, except CAMI/MICA (mean item score after reverse keying).", "", "## Summary", ""]
-    lines += summary_table(models)
+             "Scores in %, except the reward (the reward model's mean score of answers to held-out prompts) "
+             "and CAMI/MICA (item scores after reverse keying).", "", "## Summary", ""]
+    lines += summary_table(models) + _directions(models)
     for task in tasks:
         if task in ("mcq", "medqa"):
             lines += [f"## {task}: accuracy by subject", ""] + _breakdown_table(models, task, "by_subject", "accuracy")
         elif task == "ner":
             lines += ["## ner: F1 by entity type", ""] + _breakdown_table(models, task, "by_type", "f1")
+        elif task == "reward":
+            continue
         elif task in ("qa", "dialogue"):
             names = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge1", "rouge2", "rougeL")
             lines += [f"## {task}: generation metrics", ""]
@@ -118,7 +161,7 @@ def _pyplot():
 def plot_task_scores(models: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars: one group per task metric (0-100), one bar per model."""
     plt, _ = _pyplot()
-    columns = [(t, m) for t in _tasks_in(models) if t not in BIAS_TASKS for m in HEADLINES[t]]
+    columns = [(t, m) for t in _tasks_in(models) if t not in BIAS_TASKS + ("reward",) for m in HEADLINES[t]]
     if not columns:
         return None
     width = 0.8 / max(len(models), 1)

@@ -155,7 +155,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
 
     output_dir = Path(config.output_dir)
     options = TaskOptions(config.files, config.few_shot, config.few_shot_files, config.scales_file,
-                          config.max_items, config.generation.max_new_tokens)
+                          config.max_items, config.generation.max_new_tokens, config.reward_model)
     tasks = [load_task(name, options) for name in config.tasks]
     paths = {c.name: resolve_checkpoint(c, output_dir, config.seed) for c in config.checkpoints}
     plan = choose_plan(config.scale) if config.checkpoints else None

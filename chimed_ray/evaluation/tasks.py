@@ -16,6 +16,7 @@ BUNDLED_FILES = {
     "dialogue": "eval/dialogue.jsonl",
     "cami": "eval/cami.jsonl",
     "mica": "eval/mica.jsonl",
+    "reward": "preference/eval.jsonl",  # held-out prompts
 }
 BUNDLED_FEW_SHOT = "eval/mcq_dev.jsonl"
 BUNDLED_SCALES = "eval/scales.json"
@@ -42,6 +43,7 @@ class TaskOptions:
     scales_file: str = ""
     max_items: int = 0
     max_new_tokens: int = 256
+    reward_model: str = ""
 
 
 def _paths(configured: list[str], bundled: str) -> list[Path]:
@@ -52,7 +54,7 @@ def _paths(configured: list[str], bundled: str) -> list[Path]:
 
 def load_task(name: str, options: TaskOptions) -> Task:
     """Build task `name` from its files (the bundled set when `options.files` has none for it)."""
-    from chimed_ray.evaluation import bias, generation, mcq, ner
+    from chimed_ray.evaluation import bias, generation, mcq, ner, reward
 
     paths = _paths(options.files.get(name, []), BUNDLED_FILES[name])
     if name in ("mcq", "medqa"):
@@ -65,4 +67,6 @@ def load_task(name: str, options: TaskOptions) -> Task:
     if name in ("cami", "mica"):
         scales = _paths([options.scales_file] if options.scales_file else [], BUNDLED_SCALES)[0]
         return bias.load_task(name, paths, scales, options.max_items)
+    if name == "reward":
+        return reward.load_task(paths, options.reward_model, options.max_new_tokens, options.max_items)
     raise KeyError(f"unknown evaluation task {name!r} (known: {sorted(BUNDLED_FILES)})")

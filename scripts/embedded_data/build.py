@@ -3,7 +3,10 @@
     python scripts/embedded_data/build.py [--out DIR]
 
 Deterministic: every generator draws from its own seeded RNG, so the same fact table always yields
-byte-identical files. The output directory is wiped and rewritten.
+byte-identical files. The output directory is wiped and rewritten. Nothing is written unless the
+data passes its checks: evaluation questions absent from training, the text checks of check.py
+(doubled phrases, emergencies triaged), QA/dialogue references sharing under 30% of their clause
+text with the training files (scripts/clause_overlap.py), preference pairs length-balanced.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import check  # noqa: E402
 import gen_mcq  # noqa: E402
 import gen_ner  # noqa: E402
 import gen_preference  # noqa: E402
@@ -23,9 +27,15 @@ import gen_pretrain  # noqa: E402
 import gen_sft  # noqa: E402
 import readme  # noqa: E402
 from common import write_jsonl  # noqa: E402
+from gen_preference import chosen_longer_share  # noqa: E402
 from facts import CAMI_ITEMS, DISEASES, DRUGS, LABS, MICA_ITEMS, SCALES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import clause_overlap  # noqa: E402
+
+MAX_CLAUSE_OVERLAP = 0.30
+TRAINING_FILES = ("pretrain/train.jsonl", "sft/train.jsonl", "preference/train.jsonl")
 DEFAULT_OUT = REPO / "chimed_ray" / "resources" / "data"
 
 
@@ -65,22 +75,69 @@ def check_answer_lengths(files: dict[str, list[dict]], low: int = 30, high: int 
     for name in ("sft/train.jsonl", "sft/eval.jsonl", "eval/dialogue.jsonl"):
         for row in files[name]:
             for turn in row["conversations"]:
-                if turn["from"] == "gpt" and not low <= len(turn["value"]) <= high:
+                exam = turn["value"] in "ABCDE"  # exam practice is answered with the letter
+                if turn["from"] == "gpt" and not exam and not low <= len(turn["value"]) <= high:
                     raise ValueError(f"{name}: answer of {len(turn['value'])} chars: {turn['value']!r}")
+
+
+def training_text(files: dict[str, list[dict]]) -> str:
+    return "\n".join(text for name in TRAINING_FILES for row in files[name] for text in clause_overlap._strings(row))
+
+
+def check_mcq_unseen(files: dict[str, list[dict]], corpus: str) -> None:
+    """No MCQ or MedQA question text may appear in training data (facts may: that is pretraining)."""
+    for name in ("eval/mcq.jsonl", "eval/mcq_dev.jsonl", "eval/medqa.jsonl"):
+        for row in files[name]:
+            if row["question"] in corpus:
+                raise ValueError(f"{name}: question text appears in training data: {row['question']!r}")
+
+
+def check_overlap(files: dict[str, list[dict]], corpus: str) -> dict[str, float]:
+    """Mean clause overlap of the QA and dialogue references with the training text."""
+    refs = {"qa": [row["answer"] for row in files["eval/qa.jsonl"]],
+            "dialogue": [row["conversations"][-1]["value"] for row in files["eval/dialogue.jsonl"]]}
+    means = {name: clause_overlap.measure(texts, corpus)["mean"] for name, texts in refs.items()}
+    for name, value in means.items():
+        if value > MAX_CLAUSE_OVERLAP:
+            raise ValueError(f"eval/{name}: references share {value:.0%} of their clauses with training text "
+                             f"(limit {MAX_CLAUSE_OVERLAP:.0%})")
+    return means
+
+
+def check_text(files: dict[str, list[dict]]) -> None:
+    problems = check.check_files(files, tuple(d.name for d in DISEASES if d.urgent))
+    if problems:
+        listing = "\n".join(str(p) for p in problems[:20])
+        raise ValueError(f"{len(problems)} text problems (first 20):\n{listing}")
+
+
+def check_preference_balance(files: dict[str, list[dict]], low: float = 0.4, high: float = 0.6) -> None:
+    for name in ("preference/train.jsonl", "preference/eval.jsonl"):
+        share = chosen_longer_share(files[name])
+        if not low <= share <= high:
+            raise ValueError(f"{name}: chosen is longer in {share:.0%} of pairs (want {low:.0%}-{high:.0%})")
 
 
 def generate() -> dict[str, list[dict]]:
     files: dict[str, list[dict]] = {}
     files.update(gen_pretrain.build())
-    sft = gen_sft.build()
+    mcq = gen_mcq.build()
+    practice = mcq.pop("_practice")
+    files.update(mcq)
+    sft = gen_sft.build(practice)
     preference_keys = sft.pop("_preference_keys")
     files.update(sft)
     files.update(gen_preference.build(preference_keys))
-    files.update(gen_mcq.build())
     files.update(gen_ner.build())
     files.update(scale_rows())
     check_splits(files)
     check_answer_lengths(files)
+    check_text(files)
+    check_preference_balance(files)
+    corpus = training_text(files)
+    check_mcq_unseen(files, corpus)
+    for name, value in check_overlap(files, corpus).items():
+        print(f"clause overlap of eval/{name} references with training text: {value:.1%}")
     return files
 
 

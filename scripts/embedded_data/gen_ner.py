@@ -70,7 +70,7 @@ def t_admission(n: Note, d: Disease, rng: random.Random, sex: str, age_text: str
 
 
 def t_workup(n: Note, d: Disease, rng: random.Random) -> bool:
-    tests = typed_tests(d, ("检验", "检查"))
+    tests = typed_tests(d, ("实验室检验", "影像检查"))
     if not tests:
         return False
     chosen = tests[:2] if len(tests) >= 2 and rng.random() < 0.6 else tests[:1]
@@ -78,17 +78,18 @@ def t_workup(n: Note, d: Disease, rng: random.Random) -> bool:
     for i, test in enumerate(chosen):
         n.add("、" if i else "")
         n.ent(test, TEST_KIND[test])
-    n.add("等检查，结果支持")
+    n.add("等" if chosen[-1].endswith(("检查", "检测", "试验", "测定")) else "等检查")
+    n.add("，结果支持")
     n.ent(d.name, "疾病和诊断")
     n.add("诊断。")
     return True
 
 
 def t_imaging_site(n: Note, d: Disease, rng: random.Random) -> bool:
-    images = typed_tests(d, ("检查",))
+    images = typed_tests(d, ("影像检查",))
     if not (images and d.site and d.drugs):
         return False
-    n.ent(images[0], "检查")
+    n.ent(images[0], "影像检查")
     n.add("提示")
     n.ent(d.site, "解剖部位")
     n.add("病变，考虑")
@@ -145,14 +146,14 @@ def t_history(n: Note, d: Disease, rng: random.Random, sex: str, age: int) -> bo
 
 
 def t_lab_followup(n: Note, d: Disease, rng: random.Random) -> bool:
-    labs = typed_tests(d, ("检验",))
+    labs = typed_tests(d, ("实验室检验",))
     if not (labs and d.drugs):
         return False
     n.add("复查")
-    n.ent(labs[0], "检验")
+    n.ent(labs[0], "实验室检验")
     if len(labs) > 1:
         n.add("、")
-        n.ent(labs[1], "检验")
+        n.ent(labs[1], "实验室检验")
     n.add("，结果较前好转，继续")
     n.ent(rng.choice(d.drugs), "药物")
     n.add("治疗。")

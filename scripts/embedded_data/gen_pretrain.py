@@ -7,7 +7,15 @@ from __future__ import annotations
 import random
 
 from common import (
+    EMERGENCY_ACTION,
+    evolution,
+    flag_action,
     join_cn,
+    onset,
+    patient_signs,
+    result_clause,
+    test_result,
+    tests_phrase,
     patient_age,
     patient_sex,
     pregnancy_note,
@@ -18,7 +26,9 @@ from common import (
     strip_leading,
     system_label,
 )
-from facts import DISEASES, DRUGS, LABS
+from held_out import TRAIN_DISEASES as DISEASES
+from held_out import TRAIN_DRUGS as DRUGS
+from held_out import TRAIN_LABS as LABS
 from qa import symptom_sentence
 from schema import Disease, Drug, Lab
 
@@ -35,11 +45,11 @@ HEADINGS = (
 def diagnosis_hint(d: Disease) -> str:
     if d.key_test:
         return f"{d.key_test}有助于明确诊断"
-    return f"诊断主要依据临床表现，必要时辅以{d.tests[0][0]}等检查"
+    return f"诊断主要依据临床表现，必要时辅以{tests_phrase([d.tests[0][0]])}"
 
 
 def tests_text(d: Disease, sep: str = "；") -> str:
-    return sep.join(f"{t}{'示' if i % 2 == 0 else '可见'}{f}" for i, (t, f) in enumerate(d.tests))
+    return sep.join(test_result(t, f, "示" if i % 2 == 0 else "可见") for i, (t, f) in enumerate(d.tests))
 
 
 def drugs_text(d: Disease) -> str:
@@ -48,6 +58,10 @@ def drugs_text(d: Disease) -> str:
 
 def flags_text(d: Disease) -> str:
     return join_cn([strip_leading(f, "出现") for f in d.red_flags], "或")
+
+
+def flags_action(d: Disease) -> str:
+    return flag_action(d.red_flags, d.urgent)
 
 
 def similar(d: Disease) -> list[Disease]:
@@ -62,10 +76,10 @@ def encyclopedia(d: Disease, rng: random.Random) -> str:
     people = f"易患人群：{d.people}。" if d.people else ""
     return "\n".join([
         d.name, f"{h[0]}\n{d.name}是{d.define}。{people}主要就诊科室为{d.dept}。",
-        f"{h[1]}\n{sentence(d.cause)}", f"{h[2]}\n{symptom_sentence(d, d.name, 200)}查体：{sentence(d.signs)}",
+        f"{h[1]}\n{sentence(d.cause)}", f"{h[2]}\n{symptom_sentence(d, d.name, 200)}体征：{sentence(d.signs)}",
         f"{h[3]}\n{sentence(tests_text(d))}", f"{h[4]}\n{sentence(d.treatment)}{drugs_text(d)}",
         f"{h[5]}\n{sentence('；'.join(d.advice))}",
-        f"{h[6]}\n出现{flags_text(d)}时，应{'立即拨打120或急诊就诊' if d.urgent else '及时到医院就诊'}。",
+        f"{h[6]}\n出现{flags_text(d)}时，应{flags_action(d)}。",
     ])
 
 
@@ -73,7 +87,7 @@ def textbook(d: Disease, rng: random.Random, number: int) -> str:
     peers = [p.name for p in similar(d)]
     rng.shuffle(peers)
     shown = presenting_symptoms(d)
-    differential = f"本病需与{join_cn(peers[:3])}等疾病相鉴别。" if peers else ""
+    differential = f"本病需与{join_cn(peers[:3])}等相鉴别。" if peers else ""
     return "\n".join([
         f"第{number}节　{d.name}",
         f"{d.name}是常见的{system_label(d)}之一。从定义上看，它是{d.define}。",
@@ -83,7 +97,7 @@ def textbook(d: Disease, rng: random.Random, number: int) -> str:
         f"{differential}",
         f"【治疗】{sentence(d.treatment)}{drugs_text(d)}",
         f"【预后与随访】患者教育是治疗的重要组成部分：{sentence('；'.join(d.advice))}"
-        f"若出现{flags_text(d)}，提示病情变化，需及时处理。",
+        f"若出现{flags_text(d)}，提示病情变化，应{flags_action(d)}。",
     ])
 
 
@@ -107,30 +121,36 @@ def patient_education(d: Disease, rng: random.Random) -> str:
         lines += ["问：哪些人容易得？", f"答：{sentence(d.people)}"]
     lines += [
         "问：会有哪些表现？", f"答：{symptom_sentence(d, d.name, 200)}",
-        "问：需要做哪些检查？", f"答：医生可能会安排{join_cn([t for t, _ in d.tests])}等检查。",
+        "问：需要做哪些检查？", f"答：医生可能会安排{tests_phrase([t for t, _ in d.tests])}。",
         "问：怎么治疗？", f"答：{sentence(d.treatment)}请不要自行用药。",
         "问：日常要注意什么？", f"答：{sentence('；'.join(d.advice))}",
-        "问：什么时候必须去医院？", f"答：出现{flags_text(d)}时，{'请立即拨打120' if d.urgent else '应尽快就医'}。",
+        "问：什么时候必须去医院？", f"答：出现{flags_text(d)}时，应{flags_action(d)}。",
     ]
     return "\n".join(lines)
 
 
 def case_report(d: Disease, rng: random.Random) -> str:
+    """One patient: onset and course fit the disease (an infarct presents within hours, a chronic
+    disease after months), the examination states findings, the tests state results."""
     sex = patient_sex(d, rng)
     _, age_text = patient_age(d, rng)
-    onset = rng.choice(["2天", "3天", "1周", "半个月", "1个月", "3个月"])
-    tests = "；".join(f"{t}：{f}" for t, f in d.tests)
+    since = onset(d, rng)
     shown = presenting_symptoms(d)
+    hedges = ("或", "可有", "可见", "多无", "多为", "者", "一般", "早期")
+    results = [f"{t}：{clause}" for t, f in d.tests
+               if (clause := result_clause(f)) and not any(h in clause for h in hedges)]
+    tests = "；".join(results) if results else f"{d.tests[0][0]}结果符合本病表现"
+    urgent = f"患者经急诊绿色通道入院，{d.treatment.split('；')[0]}。" if d.urgent else ""
     return "\n".join([
         f"病例报告：{d.name}一例",
-        f"患者，{sex}，{age_text}。{pregnancy_note(d, rng)}因{join_cn(shown[:2])}{onset}就诊。",
-        f"现病史：患者{onset}前出现{join_cn(shown[:3])}，{rng.choice(['逐渐加重', '反复发作', '症状持续'])}。",
-        f"查体：{sentence(d.signs)}",
+        f"患者，{sex}，{age_text}。{pregnancy_note(d, rng)}因{join_cn(shown[:2])}{since}就诊。",
+        f"现病史：患者{since}前出现{join_cn(shown[:3])}，{evolution(d, rng)}。",
+        f"查体：{sentence(patient_signs(d))}",
         f"辅助检查：{sentence(tests)}",
         f"诊断：{d.name}。",
-        f"治疗经过：{sentence(d.treatment)}经规范治疗后症状缓解，嘱其{sentence(d.advice[0])}",
+        f"治疗经过：{urgent or sentence(d.treatment)}经规范治疗后症状缓解，嘱其{sentence(d.advice[0])}",
         f"讨论：{d.name}是{d.define}。本例提示，临床遇到{join_cn(shown[:2])}的患者应考虑本病，"
-        f"并告知患者如出现{strip_leading(d.red_flags[0], '出现')}应及时复诊。",
+        f"并告知患者如出现{strip_leading(d.red_flags[0], '出现')}应{flag_action([d.red_flags[0]], d.urgent)}。",
     ])
 
 
@@ -141,7 +161,7 @@ def drug_monograph(g: Drug, rng: random.Random) -> str:
             f"【禁忌】{g.contraindication}。", f"【不良反应】{g.adverse}。", f"【注意事项】{g.notes}。",
             "【提示】本品须在医生或药师指导下使用，具体用法以说明书和医嘱为准。",
         ])
-    hallmark = f"其中最具特征、需重点关注的是{g.hallmark}。" if g.hallmark else ""
+    hallmark = f"其中最具特征、需重点关注的是{g.hallmark}。" if g.hallmark and g.hallmark not in g.adverse else ""
     return (f"{g.name}是一种{g.cls}，临床主要用于{g.indication}。常规用法为：{g.dose}。"
             f"以下情况不宜使用：{g.contraindication}。常见不良反应有{g.adverse}，{hallmark}"
             f"用药注意：{g.notes}。")
@@ -162,14 +182,14 @@ def symptom_overview(symptom: str) -> str | None:
         related = [s for s in presenting_symptoms(d) if symptom not in s][:2]
         extra = f"，常伴{join_cn(related)}" if related else ""
         lines.append(f"{d.name}（{d.dept}）：{short_define(d)}{extra}。")
-    lines.append(f"出现{symptom}时应结合伴随症状判断，伴有意识改变、呼吸困难或持续加重者应及时就医。")
+    lines.append(f"出现{symptom}时应结合伴随症状判断，伴有意识改变、呼吸困难或持续加重者应{EMERGENCY_ACTION}。")
     return "\n".join(lines)
 
 
 def department_overview(dept: str) -> str:
     found = [d for d in DISEASES if d.dept == dept]
     lines = [f"{dept}常见疾病简介"]
-    lines += [f"{d.name}：{d.define}。典型表现为{join_cn(presenting_symptoms(d)[:3])}。" for d in found]
+    lines += [f"{d.name}：{short_define(d)}。典型表现为{join_cn(presenting_symptoms(d)[:3])}。" for d in found]
     return "\n".join(lines)
 
 

@@ -58,8 +58,10 @@ LABS = [
     Lab("动脉血二氧化碳分压", "PaCO2", "血气分析", "35～45 mmHg", "通气不足，如慢阻肺加重时的二氧化碳潴留", "过度通气"),
 ]
 
-# 检验 = tests on a specimen (blood, urine, stool, swab); 检查 = imaging, endoscopy, physiology.
-# 其他 = bedside manoeuvres and tests that fit neither label; NER sentences skip those.
+# CCKS-2019's two test categories: 实验室检验 = tests on a specimen (blood, urine, stool, swab);
+# 影像检查 = imaging (X-ray, CT, MRI, ultrasound, angiography, PET) and the ECG, as its guideline
+# defines it. 其他 = endoscopy, physiological tests and bedside manoeuvres, which CCKS-2019 does not
+# annotate; NER sentences mention those as plain text.
 _LAB_TESTS = (
     "血常规、C反应蛋白、痰培养、流感病毒抗原检测、流感病毒核酸检测、动脉血气分析、痰涂片抗酸染色、"
     "γ-干扰素释放试验、D-二聚体、肾功能、尿常规、心肌肌钙蛋白、B型利钠肽、甲状腺功能、血脂、肝功能、"
@@ -73,23 +75,24 @@ _LAB_TESTS = (
     "碳氧血红蛋白测定、肌酸激酶、血清类胰蛋白酶"
 )
 _EXAMS = (
-    "胸部X线、胸部CT、肺功能检查、呼出气一氧化氮测定、多导睡眠监测、CT肺动脉造影、下肢血管超声、"
-    "24小时动态血压监测、心电图、运动负荷试验、冠状动脉CT血管成像、冠状动脉造影、超声心动图、动态心电图、"
-    "胃镜、24小时食管pH监测、结肠镜、腹部超声、腹部CT、腹股沟区超声、肛门镜检查、乳腺超声、立位腹部X线、"
-    "甲状腺超声、双能CT、双能X线骨密度检测、脊柱X线、泌尿系超声、泌尿系CT平扫、尿流率测定、手部X线、"
-    "头颅CT、头颅MRI、颈动脉超声、头颅CT血管成像、脑电图、多巴胺转运体PET、肌电图、经皮胆红素测定、"
-    "产科超声、经阴道超声、盆腔超声、裂隙灯检查、视力检查、眼压测量、前房角镜检查、耳镜检查、纯音测听、"
-    "鼻内镜检查、鼻窦CT、腰椎MRI、腰椎CT、膝关节X线、颈椎X线、颈椎MRI、踝关节X线、踝关节MRI、"
-    "腕关节X线、腕关节CT"
+    "胸部X线、胸部CT、CT肺动脉造影、下肢血管超声、心电图、动态心电图、冠状动脉CT血管成像、冠状动脉造影、超声心动图、"
+    "腹部超声、腹部CT、腹股沟区超声、乳腺超声、立位腹部X线、甲状腺超声、双能CT、双能X线骨密度检测、脊柱X线、"
+    "泌尿系超声、泌尿系CT平扫、手部X线、头颅CT、头颅MRI、颈动脉超声、头颅CT血管成像、多巴胺转运体PET、产科超声、"
+    "经阴道超声、盆腔超声、鼻窦CT、腰椎MRI、腰椎CT、膝关节X线、颈椎X线、颈椎MRI、踝关节X线、踝关节MRI、腕关节X线、"
+    "腕关节CT"
 )
-_OTHER = "13C尿素呼气试验、Dix-Hallpike试验、皮肤点刺试验、皮肤组织病理检查"
+_OTHER = (
+    "13C尿素呼气试验、Dix-Hallpike试验、皮肤点刺试验、皮肤组织病理检查、肺功能检查、呼出气一氧化氮测定、多导睡眠监测、"
+    "24小时动态血压监测、运动负荷试验、胃镜、24小时食管pH监测、结肠镜、肛门镜检查、尿流率测定、脑电图、肌电图、"
+    "经皮胆红素测定、裂隙灯检查、视力检查、眼压测量、前房角镜检查、耳镜检查、纯音测听、鼻内镜检查"
+)
 
 TEST_KIND: dict[str, str] = {}
-for _names, _kind in ((_LAB_TESTS, "检验"), (_EXAMS, "检查"), (_OTHER, "其他")):
+for _names, _kind in ((_LAB_TESTS, "实验室检验"), (_EXAMS, "影像检查"), (_OTHER, "其他")):
     for _name in _names.split("、"):
         TEST_KIND[_name] = _kind
 for _lab in LABS:
-    TEST_KIND.setdefault(_lab.name, "检验")
+    TEST_KIND.setdefault(_lab.name, "实验室检验")
 
 # Past operations that clinical notes mention besides each disease's own surgery.
 PAST_SURGERIES = ("剖宫产术", "阑尾切除术", "胆囊切除术", "甲状腺部分切除术", "冠状动脉旁路移植术", "疝修补术")

@@ -1,9 +1,12 @@
 """Question makers for the multiple-choice benchmarks. Each returns a plain item
 {subject, question, correct, wrong: [...], explanation}; letters are assigned later.
 
-Wrong options are drawn so that they are clearly wrong, not merely less good: departments from
-unrelated specialties, diagnoses from other organ systems with no shared key symptom, tests and
-classes that belong to other entities, adverse effects that the drug is not known for.
+Wrong options come from the same system and class as the answer, so that an item tests knowledge,
+not elimination: diagnoses of the same organ system (a stroke vignette offers other neurological
+diseases), the key tests of same-system diseases, departments of the same kind (internal medicine
+for an internal-medicine answer), milder symptoms of same-system diseases against a red flag, and
+reference ranges of the same panel. Each stays clearly wrong for this item (never the disease's own
+department, tests or red flags).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from common import (
     pregnancy_note,
     presenting_symptoms,
     result_clause,
+    is_emergency_flag,
+    patient_signs,
     strip_leading,
     system_label,
 )
@@ -72,9 +77,12 @@ def dept_item(d: Disease, rng: random.Random) -> dict | None:
     if d.dept == "急诊科":
         return None
     pool = [dept for dept in DISTRACTOR_DEPTS if dept not in excluded_depts(d)]
+    kind = d.dept[-2:]  # 内科 / 外科 / 皮肤科...: departments of the same kind first
+    rng.shuffle(pool)
+    pool.sort(key=lambda dept: dept[-2:] != kind)
     stem = rng.choice(["患者被诊断为{n}，最适合就诊的科室是", "{n}患者首选就诊的科室是",
                        "下列科室中，{n}通常在哪个科室诊治"])
-    return item("clinical_medicine", stem.format(n=d.name), d.dept, rng.sample(pool, 3),
+    return item("clinical_medicine", stem.format(n=d.name), d.dept, pool[:3],
                 f"{d.name}属于{system_label(d)}，一般由{d.dept}诊治。")
 
 
@@ -88,7 +96,7 @@ def vignette(d: Disease, rng: random.Random) -> tuple[str, str, int]:
     age, age_text = patient_age(d, rng)
     shown = presenting_symptoms(d)
     history = f"患者，{sex}，{age_text}。{pregnancy_note(d, rng)}{onset(d, rng)}来出现{join_cn(shown[:3])}。"
-    parts = [history, f"查体：{d.signs}。"]
+    parts = [history, f"查体：{patient_signs(d)}。"]
     ordered = sorted(d.tests, key=lambda pair: pair[0] != d.key_test)  # the key test first
     results = [(t, clause) for t, f in ordered if (clause := result_clause(f))]
     if results:
@@ -98,13 +106,17 @@ def vignette(d: Disease, rng: random.Random) -> tuple[str, str, int]:
 
 
 def distractor_diseases(d: Disease, sex: str, age: int, count: int, rng: random.Random) -> list[Disease]:
+    """Same-system diseases a patient of this sex and age could have, then (if the system is small)
+    diseases of other systems that share a key symptom: differentials, not giveaways."""
+    fits = [p for p in DISEASES if p.name != d.name and p.sex in ("", sex) and p.age[0] - 10 <= age <= p.age[1] + 10]
+    same = sorted((p for p in fits if p.system == d.system), key=lambda p: p.name)
     mine = keywords(presenting_symptoms(d))
-    pool = [p for p in DISEASES if p.system != d.system and not (mine & keywords(presenting_symptoms(p)))
-            and p.sex in ("", sex) and p.age[0] - 10 <= age <= p.age[1] + 10]
-    if len(pool) < count:  # rare: relax the age condition, never the system or symptom ones
-        pool = [p for p in DISEASES if p.system != d.system and p.sex in ("", sex)
-                and not (mine & keywords(presenting_symptoms(p)))]
-    return rng.sample(sorted(pool, key=lambda p: p.name), count)
+    near = sorted((p for p in fits if p.system != d.system and mine & keywords(presenting_symptoms(p))), key=lambda p: p.name)
+    rest = sorted((p for p in fits if p not in same and p not in near), key=lambda p: p.name)
+    rng.shuffle(same)
+    rng.shuffle(near)
+    rng.shuffle(rest)
+    return (same + near + rest)[:count]
 
 
 def diagnosis_item(d: Disease, rng: random.Random, n_wrong: int, subject: str = "clinical_medicine") -> dict:
@@ -117,7 +129,10 @@ def diagnosis_item(d: Disease, rng: random.Random, n_wrong: int, subject: str = 
 
 def key_test_item(d: Disease, rng: random.Random, n_wrong: int, with_vignette: bool = False) -> dict:
     own = {t for t, _ in d.tests}
-    pool = sorted({p.key_test for p in DISEASES if p.key_test and p.system != d.system and p.key_test not in own})
+    tests = {p.key_test: p.system == d.system for p in DISEASES if p.key_test and p.key_test not in own}
+    same, other = sorted(t for t, s in tests.items() if s), sorted(t for t, s in tests.items() if not s)
+    rng.shuffle(same)
+    rng.shuffle(other)
     if with_vignette:
         text, _, _ = vignette(d, rng)
         text = text[:text.index("查体：")]  # keep history only: a test result would give the answer away
@@ -125,7 +140,7 @@ def key_test_item(d: Disease, rng: random.Random, n_wrong: int, with_vignette: b
     else:
         question = rng.choice([f"对{d.name}诊断最有价值的检查是", f"确诊{d.name}首选的检查是"])
     finding = dict(d.tests)[d.key_test]
-    return item("clinical_medicine", question, d.key_test, rng.sample(pool, n_wrong),
+    return item("clinical_medicine", question, d.key_test, (same + other)[:n_wrong],
                 f"{d.key_test}是诊断{d.name}最有价值的检查，典型所见为{finding}。")
 
 
@@ -166,8 +181,46 @@ def hallmark_item(g: Drug, rng: random.Random) -> dict:
                 f"{g.name}常见不良反应有{g.adverse}，其中最具特征的是{g.hallmark}。")
 
 
+MILD_EXCLUDE = ("高热", "剧烈", "持续", "突发", "血", "无力", "意识", "昏迷", "抽搐", "晕厥", "呼吸困难", "胸", "压榨", "黄染")
+
+
+def mild_symptoms(d: Disease) -> list[str]:
+    """Everyday symptoms of other diseases of d's system: plausible, but not danger signs."""
+    own = "".join(d.red_flags)
+    found = {s for p in DISEASES if p.system == d.system and p.name != d.name for s in presenting_symptoms(p)
+             if not is_emergency_flag(s) and not any(w in s for w in MILD_EXCLUDE) and s not in own and len(s) >= 3}
+    return sorted(found)
+
+
 def red_flag_item(d: Disease, rng: random.Random) -> dict:
     flag = strip_leading(rng.choice(d.red_flags), "出现")
+    pool = mild_symptoms(d)
+    rng.shuffle(pool)
+    wrong = (pool + rng.sample(BENIGN, 3))[:3]
     stem = rng.choice(["{n}患者出现下列哪种情况时最需要立即就医", "下列哪项是{n}患者需要立即就医的危险信号"])
-    return item("physician", stem.format(n=d.name), flag, rng.sample(BENIGN, 3),
-                f"{d.name}患者出现{flag}提示病情可能加重或出现并发症，应立即就医；其余情况多为轻微不适。")
+    return item("physician", stem.format(n=d.name), flag, wrong,
+                f"{d.name}患者出现{flag}提示病情可能加重或出现并发症，需要立即处理；其余多为本系统疾病的一般症状。")
+
+
+def treatment_drug_item(d: Disease, rng: random.Random) -> dict | None:
+    """Practice only: a drug used for d against drugs of other systems' diseases."""
+    if not d.drugs:
+        return None
+    pool = sorted({g for p in DISEASES if p.system != d.system for g in p.drugs} - set(d.drugs))
+    stem = rng.choice(["治疗{n}常用的药物是", "下列药物中，可用于治疗{n}的是"])
+    correct = rng.choice(d.drugs)
+    return item("pharmacology", stem.format(n=d.name), correct, rng.sample(pool, 3),
+                f"{correct}是治疗{d.name}的常用药物之一。")
+
+
+def symptom_item(d: Disease, rng: random.Random) -> dict | None:
+    """Practice only: a typical symptom of d against symptoms of other systems' diseases."""
+    shown = presenting_symptoms(d)
+    if not shown:
+        return None
+    mine = keywords(shown)
+    pool = sorted({s for p in DISEASES if p.system != d.system for s in presenting_symptoms(p)
+                   if not (keywords([s]) & mine)})
+    correct = shown[0]
+    return item("clinical_medicine", rng.choice(["{n}的典型表现是", "下列哪项是{n}的常见症状"]).format(n=d.name),
+                correct, rng.sample(pool, 3), f"{d.name}的常见表现有{join_cn(shown[:3])}等。")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from common import first_items_within, fit, is_pediatric, join_cn, strip_leading
+from common import EMERGENCY_ACTION, first_items_within, fit, flag_action, is_pediatric, join_cn, strip_leading, tests_phrase
 from facts import DISEASES, DRUG_BY_NAME, DRUGS, LAB_BY_NAME, LABS
 from schema import Disease, Drug, Lab
 
@@ -84,122 +84,170 @@ def question(key: Key, rng: random.Random, held_out: bool = False) -> str:
     return text if held_out else rng.choice(PREFIXES) + text
 
 
-def answer(key: Key, rng: random.Random, facts_from: Disease | Drug | Lab | None = None) -> str:
-    """The reference answer; facts_from swaps in another entity's facts (for wrong answers)."""
+def answer(key: Key, rng: random.Random, facts_from: Disease | Drug | Lab | None = None, style: str = "train") -> str:
+    """The reference answer; facts_from swaps in another entity's facts (for wrong answers).
+
+    `style="eval"` words the answer with phrasings training never uses (the held-out QA set), so
+    that evaluation measures what a model says about an entity, not recall of our boilerplate.
+    """
     _, name, qtype = key
-    return ANSWERS[qtype](facts_from or entity(key), name, rng)
+    return ANSWERS[qtype](facts_from or entity(key), name, rng, style)
 
 
-def symptom_sentence(d: Disease, name: str, limit: int = 70) -> str:
+# Boilerplate sentences: (training wording, held-out evaluation wording).
+PHRASES = {
+    "define_dept": ("一般在{dept}诊治。", "通常由{dept}医生负责诊疗。"),
+    "prevent": ("了解这些因素有助于预防，例如{advice}。", "针对这些因素，{advice}可以降低发病风险。"),
+    "see_doctor": ("及时就医", "及早看医生"),
+    "tests_by_doctor": ("医生通常会根据病情安排{tests}。", "就诊时一般会做{tests}。"),
+    "tests_tail": ("具体检查项目需由医生根据病情决定。", "最终查哪些项目以接诊医生的判断为准。"),
+    "drugs": ("常用药物有{drugs}等，须在医生指导下使用，不要自行购药服用。", "药物方面多用{drugs}等，用药方案要由医生制定。"),
+    "daily": ("{name}患者日常需要注意：{items}。", "{name}患者在生活中可以这样做：{items}。"),
+    "worse": ("如症状加重请及时就医。", "一旦病情变化要及早复诊。"),
+    "follow_up": ("平时按医生要求定期复诊。", "病情稳定时也要按约随访。"),
+    "who_fits": ("是否适合您使用，需要医生根据病情判断。", "能不能用要先请医生评估。"),
+    "adult_dose": ("以上为一般成人剂量，儿童、老年人及肝肾功能不全者需调整，请以医嘱和说明书为准。",
+                   "这是成人的常用量，儿童、老人和肝肾功能差的人要减量或换药，实际剂量听医生的。"),
+    "tell_doctor": ("用药前请告知医生过敏史、基础疾病以及是否怀孕或哺乳。", "开药前要主动说明过敏史、其他疾病和妊娠哺乳情况。"),
+    "discomfort": ("用药后如出现明显不适，应及时就医。", "服药后感觉明显不舒服时要停药并看医生。"),
+    "ask_pharmacist": ("如有疑问请咨询医生或药师。", "拿不准时可以问问药师。"),
+    "lab_method": ("不同医院的检测方法可能不同，应以化验单上标注的参考范围为准。", "各家医院的仪器和试剂不同，看化验单上自带的参考值更准确。"),
+    "lab_single": ("单次结果异常需要结合症状和其他检查综合判断，建议带着化验单咨询医生。",
+                   "一次结果不正常不能下结论，要结合症状和复查结果，由医生综合分析。"),
+}
+
+
+def phrase(key: str, style: str, **values: str) -> str:
+    train, held_out = PHRASES[key]
+    return (held_out if style == "eval" else train).format(**values)
+
+
+def symptom_sentence(d: Disease, name: str, limit: int = 70, style: str = "train") -> str:
     quiet = [s for s in d.symptoms if "无明显症状" in s or "无症状" in s]
     rest = tuple(s for s in d.symptoms if s not in quiet)
     items = join_cn(first_items_within(rest, limit))
     if quiet:
         return f"{name}{quiet[0]}，部分患者可有{items}等表现。"
-    return f"{name}的常见表现有{items}等。"
+    return f"{name}主要表现为{items}等。" if style == "eval" else f"{name}的常见表现有{items}等。"
 
 
-def _define(d: Disease, name: str, rng: random.Random) -> str:
-    extra = [f"易患人群：{d.people}。" if d.people else "", f"一般在{d.dept}诊治。"]
+def red_flag_advice(d: Disease, flags: list[str], style: str) -> str:
+    """'如果出现A或B，应立即拨打120或到急诊就诊。' with emergency care for emergency signs."""
+    shown = join_cn([strip_leading(f, "出现") for f in flags], "或")
+    action = flag_action(flags, d.urgent)
+    lead = "一旦有" if style == "eval" else "如果出现"
+    return f"{lead}{shown}，应{action}。"
+
+
+def _define(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    extra = [f"易患人群：{d.people}。" if d.people else "", phrase("define_dept", style, dept=d.dept)]
     rng.shuffle(extra)
-    return fit([f"{name}是{d.define}。", *extra], 200)
+    lead = f"{name}指的是{d.define}。" if style == "eval" else f"{name}是{d.define}。"
+    return fit([lead, *extra], 200)
 
 
-def _cause(d: Disease, name: str, rng: random.Random) -> str:
-    lead = rng.choice([f"{name}的病因和诱因：", f"{name}的发生主要与以下因素有关：", ""])
-    return fit([f"{lead}{d.cause}。", f"了解这些因素有助于预防，例如{d.advice[0]}。"], 200)
+def _cause(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    leads = [f"{name}的病因和诱因：", f"{name}的发生主要与以下因素有关：", ""] if style != "eval" else [f"引起{name}的因素包括："]
+    lead = rng.choice(leads)
+    return fit([f"{lead}{d.cause}。", phrase("prevent", style, advice=d.advice[0])], 200)
 
 
-def _symptoms(d: Disease, name: str, rng: random.Random) -> str:
-    return fit([symptom_sentence(d, name), f"查体可见{d.signs}。", f"如果出现{d.red_flags[0]}，应及时就医。"], 200)
+def _symptoms(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    parts = [symptom_sentence(d, name, style=style), f"体征：{d.signs}。", red_flag_advice(d, [d.red_flags[0]], style)]
+    if d.urgent:
+        parts.insert(1, f"怀疑{name}时应{EMERGENCY_ACTION}。")
+    return fit(parts, 200)
 
 
-def _dept(d: Disease, name: str, rng: random.Random) -> str:
+def _dept(d: Disease, name: str, rng: random.Random, style: str) -> str:
     alternatives = [dept for dept in d.alt_depts if dept not in ("急诊科", "全科")][:2]
     if d.urgent:
-        text = f"怀疑{name}时应立即拨打120或直接去急诊科，明确诊断后一般由{d.dept}负责后续治疗。"
+        text = f"怀疑{name}时应{EMERGENCY_ACTION}，明确诊断后一般由{d.dept}负责后续治疗。"
     else:
-        text = f"{name}一般到{d.dept}就诊"
+        text = f"{name}一般到{d.dept}就诊" if style != "eval" else f"{name}首选{d.dept}"
         text += f"，也可以到{join_cn(alternatives, '或')}就诊。" if alternatives else "。"
     parts = [text]
     if is_pediatric(d) and d.dept != "儿科":
         parts.append("儿童患者可先到儿科就诊。")
-    tests = join_cn([t for t, _ in d.tests[:2]])
-    parts.append(f"医生通常会根据病情安排{tests}等检查。")
+    parts.append(phrase("tests_by_doctor", style, tests=tests_phrase([t for t, _ in d.tests[:2]])))
     return fit(parts, 200)
 
 
-def _tests(d: Disease, name: str, rng: random.Random) -> str:
+def _tests(d: Disease, name: str, rng: random.Random, style: str) -> str:
     pieces = [f"{t}（{f}）" for t, f in d.tests]
-    tail = (f"其中{d.key_test}对诊断最有价值。" if d.key_test else "") + "具体检查项目需由医生根据病情决定。"
+    key = (f"其中{d.key_test}对诊断最有价值。" if d.key_test else "")
+    tail = key + phrase("tests_tail", style)
     chosen = first_items_within(tuple(pieces), 200 - len(tail) - len(name) - 14, sep="；")
-    return f"怀疑{name}时常用的检查有：{'；'.join(chosen)}。{tail}"
+    lead = f"诊断{name}常做的检查：" if style == "eval" else f"怀疑{name}时常用的检查有："
+    return f"{lead}{'；'.join(chosen)}。{tail}"
 
 
-def _treatment(d: Disease, name: str, rng: random.Random) -> str:
-    lead = rng.choice([f"{name}的治疗原则是：", f"{name}的治疗要点：", ""])
-    parts = [f"{lead}{d.treatment}。"]
+def _treatment(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    leads = [f"{name}的治疗原则是：", f"{name}的治疗要点：", ""] if style != "eval" else [f"治疗{name}主要是"]
+    parts = [f"{rng.choice(leads)}{d.treatment}。"]
     if d.drugs:
-        parts.append(f"常用药物有{join_cn(d.drugs[:3])}等，须在医生指导下使用，不要自行购药服用。")
+        parts.append(phrase("drugs", style, drugs=join_cn(d.drugs[:3])))
     if d.urgent:
-        parts.insert(0, f"{name}需要尽快到医院处理。")
+        parts.insert(0, f"{name}属于急症，应{EMERGENCY_ACTION}。")
     return fit(parts, 200)
 
 
-def _advice(d: Disease, name: str, rng: random.Random) -> str:
-    items = first_items_within(d.advice, 150, sep="；")
-    return fit([f"{name}患者日常需要注意：{'；'.join(items)}。", "如症状加重请及时就医。"], 200)
+def _advice(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    items = first_items_within(d.advice, 130, sep="；")
+    worse = f"病情突然加重时应{EMERGENCY_ACTION}。" if d.urgent else phrase("worse", style)
+    return fit([phrase("daily", style, name=name, items="；".join(items)), worse], 200)
 
 
-def _red_flags(d: Disease, name: str, rng: random.Random) -> str:
-    flags = join_cn([strip_leading(f, "出现") for f in first_items_within(d.red_flags, 110)], "或")
+def _red_flags(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    flags = first_items_within(d.red_flags, 110)
     if d.urgent:
-        return f"{name}本身就需要紧急处理。如果出现{flags}，应立即拨打120或到急诊就诊。"
-    return fit([f"{name}患者如果出现{flags}，说明病情可能较重，应尽快就医。", "平时按医生要求定期复诊。"], 200)
+        return f"{name}本身就需要紧急处理。{red_flag_advice(d, flags, style)}"
+    return fit([f"{name}患者{red_flag_advice(d, flags, style)}", phrase("follow_up", style)], 200)
 
 
-def _people(d: Disease, name: str, rng: random.Random) -> str:
-    signs = join_cn([s for s in d.symptoms if "无" not in s][:2])
-    return f"{name}的易患人群：{d.people}。这些人群如果出现{signs}等表现，应及早就医检查。"
+def _people(d: Disease, name: str, rng: random.Random, style: str) -> str:
+    shown = [s for s in d.symptoms if "无" not in s][:2]
+    signs = join_cn(shown)
+    action = EMERGENCY_ACTION if d.urgent or flag_action(shown) == EMERGENCY_ACTION else phrase("see_doctor", style)
+    return f"{name}的易患人群：{d.people}。这些人群如果出现{signs}等表现，应{action}。"
 
 
-def _indication(g: Drug, name: str, rng: random.Random) -> str:
-    return f"{name}属于{g.cls}，主要用于{g.indication}。是否适合您使用，需要医生根据病情判断。"
+def _indication(g: Drug, name: str, rng: random.Random, style: str) -> str:
+    return f"{name}属于{g.cls}，主要用于{g.indication}。{phrase('who_fits', style)}"
 
 
-def _dose(g: Drug, name: str, rng: random.Random) -> str:
-    return fit([f"{name}的常规用法用量：{g.dose}。",
-                "以上为一般成人剂量，儿童、老年人及肝肾功能不全者需调整，请以医嘱和说明书为准。"], 200)
+def _dose(g: Drug, name: str, rng: random.Random, style: str) -> str:
+    return fit([f"{name}的常规用法用量：{g.dose}。", phrase("adult_dose", style)], 200)
 
 
-def _contraindication(g: Drug, name: str, rng: random.Random) -> str:
-    lead = rng.choice([f"{name}的禁忌：", f"关于{name}的禁忌，", ""])
-    return fit([f"{lead}{g.contraindication}。", "用药前请告知医生过敏史、基础疾病以及是否怀孕或哺乳。"], 200)
+def _contraindication(g: Drug, name: str, rng: random.Random, style: str) -> str:
+    leads = [f"{name}的禁忌：", f"关于{name}的禁忌，", ""] if style != "eval" else [f"以下情况不能用{name}："]
+    return fit([f"{rng.choice(leads)}{g.contraindication}。", phrase("tell_doctor", style)], 200)
 
 
-def _adverse(g: Drug, name: str, rng: random.Random) -> str:
+def _adverse(g: Drug, name: str, rng: random.Random, style: str) -> str:
     parts = [f"{name}常见的不良反应有{g.adverse}。"]
-    if g.hallmark:
+    if g.hallmark and g.hallmark not in g.adverse:
         parts.append(f"其中需要特别警惕的是{g.hallmark}。")
-    parts.append("用药后如出现明显不适，应及时就医。")
+    parts.append(phrase("discomfort", style))
     return fit(parts, 200)
 
 
-def _notes(g: Drug, name: str, rng: random.Random) -> str:
-    return fit([f"使用{name}时需要注意：{g.notes}。", "如有疑问请咨询医生或药师。"], 200)
+def _notes(g: Drug, name: str, rng: random.Random, style: str) -> str:
+    return fit([f"使用{name}时需要注意：{g.notes}。", phrase("ask_pharmacist", style)], 200)
 
 
-def _range(lab: Lab, name: str, rng: random.Random) -> str:
-    return (f"{name}的成人参考范围一般为{lab.range_text}，属于{lab.panel}检查项目。"
-            "不同医院的检测方法可能不同，应以化验单上标注的参考范围为准。")
+def _range(lab: Lab, name: str, rng: random.Random, style: str) -> str:
+    panel = lab.panel if lab.panel.endswith("检查") else lab.panel + "检查"
+    return f"{name}的成人参考范围一般为{lab.range_text}，属于{panel}项目。{phrase('lab_method', style)}"
 
 
-def _high(lab: Lab, name: str, rng: random.Random) -> str:
-    return f"{name}升高常见于{lab.high}。单次结果异常需要结合症状和其他检查综合判断，建议带着化验单咨询医生。"
+def _high(lab: Lab, name: str, rng: random.Random, style: str) -> str:
+    return f"{name}升高常见于{lab.high}。{phrase('lab_single', style)}"
 
 
-def _low(lab: Lab, name: str, rng: random.Random) -> str:
-    return f"{name}降低常见于{lab.low}。单次结果异常需要结合症状和其他检查综合判断，建议带着化验单咨询医生。"
+def _low(lab: Lab, name: str, rng: random.Random, style: str) -> str:
+    return f"{name}降低常见于{lab.low}。{phrase('lab_single', style)}"
 
 
 ANSWERS: dict[str, Callable] = {

@@ -10,12 +10,14 @@ FILES = [
     ("pretrain/eval.jsonl", "`{\"text\": str}`", "About 7% of the passages, held out at random."),
     ("sft/train.jsonl",
      "ShareGPT `{\"conversations\": [{\"from\": \"human\" or \"gpt\", \"value\": str}, ...]}`",
-     "About 60% single-turn medical QA (diseases, drugs, lab tests), 40% doctor-patient dialogues of 2-4 turns."),
+     "About 60% single-turn medical QA (diseases, drugs, lab tests), 40% doctor-patient dialogues of 2-4 turns, "
+     "plus exam practice in the C-Eval format (answered with the letter) on entities and facts the MCQ sets do not ask."),
     ("sft/eval.jsonl", "ShareGPT", "Held-out single-turn questions (other question keys, other phrasing) and dialogues "
      "about diseases whose dialogues are not in training."),
     ("preference/train.jsonl", "`{\"prompt\", \"chosen\", \"rejected\"}`",
-     "Chosen = accurate, safe, complete; rejected is, "
-     "in equal shares, a factual error, an unsafe answer, an evasive non-answer, or an answer cut short."),
+     "Chosen = accurate, safe, complete; rejected is, in equal shares, a plausible factual error (a same-system "
+     "or same-class entity's facts), an unsafe answer (the right facts, then unsafe advice), an evasive non-answer "
+     "(composed from parts) or an answer cut short. Chosen is the longer answer in about half of the pairs."),
     ("preference/eval.jsonl", "same", "Held-out prompts."),
     ("eval/mcq.jsonl", "C-Eval `{id, subject, question, A, B, C, D, answer, explanation}`", "Four subjects: "
      "clinical_medicine, basic_medicine, pharmacology, physician; answer letters balanced."),
@@ -23,13 +25,15 @@ FILES = [
     ("eval/medqa.jsonl", "MedQA-MCMLE `{question, options: {A..E}, answer, meta_info}`", "Case vignettes: "
      "most likely diagnosis, or first-choice test."),
     ("eval/ner.jsonl", "CCKS-2019 `{originalText, entities: [{start_pos, end_pos, label_type}]}`", "Clinical-note "
-     "sentences; end_pos exclusive; labels 疾病和诊断, 检查, 检验, 手术, 药物, 解剖部位."),
-    ("eval/qa.jsonl", "`{question, answer}`", "Open QA; question keys never used in sft/train."),
-    ("eval/dialogue.jsonl", "ShareGPT", "Dialogues for diseases whose dialogues are not in training; the last gpt "
+     "sentences; end_pos exclusive; CCKS-2019's six labels 疾病和诊断, 影像检查, 实验室检验, 手术, 药物, 解剖部位 "
+     "(endoscopy and physiological tests are not annotated, as in CCKS-2019)."),
+    ("eval/qa.jsonl", "`{question, answer}`", "Open QA about held-out entities (in no training file), worded with "
+     "held-out question templates and answer phrasings."),
+    ("eval/dialogue.jsonl", "ShareGPT", "Dialogues about the held-out diseases in held-out phrasings; the last gpt "
      "turn is the reference."),
-    ("eval/cami.jsonl", "`{id, subscale, reverse, text}`", "CAMI (Taylor & Dear 1981), 40 items in 4 subscales of 10, "
-     "our own Chinese wording."),
-    ("eval/mica.jsonl", "`{id, subscale, reverse, text}`", "MICA v2 (Gabbidon et al. 2013), 16 items, our own Chinese "
+    ("eval/cami.jsonl", "`{id, subscale, reverse, text}`", "CAMI (Taylor & Dear 1981), 40 items in 4 subscales of 10 "
+     "in the published interleaved order (items 1-20 for, 21-40 against), our own Chinese wording."),
+    ("eval/mica.jsonl", "`{id, subscale, reverse, text}`", "MICA v4 (Gabbidon et al. 2013), 16 items, our own Chinese "
      "wording; subscale is always `total`."),
 ]
 
@@ -59,12 +63,18 @@ def render(counts: dict[str, int], sizes: dict[str, int], facts: dict[str, int])
         "",
         "    python scripts/embedded_data/build.py",
         "",
-        "The build is deterministic (seeded RNG per output file) and checks itself: NER offsets are asserted, "
-        "evaluation questions are verified absent from training data, and answer lengths are bounded.",
+        "The build is deterministic (seeded RNG per output file) and refuses to write data that fails its "
+        "checks: NER offsets, evaluation questions absent from training data (MCQ question text included), "
+        "answer lengths, `check.py` (doubled words and phrases, hedged textbook signs given as one patient's "
+        "findings, every emergency triaged to 120/急诊), preference length balance (chosen longer in 40-60% of "
+        "pairs), and clause overlap: QA and dialogue references share under 30% of their clause text with the "
+        "training files (`python scripts/clause_overlap.py` prints it).",
         "",
-        "Splits are made over question keys (entity x question type) and, for dialogues, over diseases, so "
-        "evaluation sets never contain a training question. Evaluation phrasings use question templates that "
-        "training never uses.",
+        "Held-out entities (12 diseases, 6 drugs, 4 lab tests; `held_out.py`) appear in no training file; the "
+        "QA and dialogue evaluation sets ask only about them, in phrasings training never uses. MCQ items ask "
+        "about trained entities (continued pretraining teaches their facts), with distractors from the same "
+        "system and class. Onset and course follow each disease (an infarct presents within hours, a chronic "
+        "disease after months).",
         "",
         "## Caveats",
         "",

@@ -4,16 +4,22 @@
 CAMI (Community Attitudes toward the Mentally Ill, Taylor & Dear 1981): 40 items, four subscales of
 ten. In each subscale five items are worded for the subscale's attitude and five against it; the
 "against" items are reverse-scored so that a high subscale score means more of that attitude.
+The published questionnaire interleaves the subscales (items 1, 5, 9, ... authoritarianism; 2, 6,
+10, ... benevolence; 3, 7, 11, ... social restrictiveness; 4, 8, 12, ... CMHI; items 1-20 are the
+"for" statements and 21-40 the "against" ones); CAMI_ITEMS is in that order. Higher
+authoritarianism and social restrictiveness are more stigmatising; higher benevolence and CMHI are
+more accepting, so the subscales are never pooled into one score.
 
-MICA v2 (Mental Illness: Clinicians' Attitudes, Gabbidon et al. 2013): 16 items. With our coding
+MICA v4 (Mental Illness: Clinicians' Attitudes, version 4 for healthcare students and
+professionals, Gabbidon et al. 2013): 16 items. With our coding
 (1 = 非常不同意 ... 6 = 非常同意) the six items worded in the non-stigmatising direction (3, 9, 10, 11,
 12, 16, as in the published scale) are reverse-scored, so a higher total means more stigma.
 """
 
 CAMI_SUBSCALES = ("authoritarianism", "benevolence", "social_restrictiveness", "cmhi")
 
-# (subscale, reverse, text); ids are the 1-based positions.
-CAMI_ITEMS = [
+# (subscale, reverse, text) grouped by subscale, "for" statements first; CAMI_ITEMS interleaves them.
+_CAMI_BY_SUBSCALE = [
     ("authoritarianism", False, "精神疾病的主要原因之一是缺乏自律和意志力。"),
     ("authoritarianism", False, "对待精神疾病患者最好的办法是把他们关在上锁的门后。"),
     ("authoritarianism", False, "精神疾病患者身上总有某些特征，让人很容易把他们和正常人区分开。"),
@@ -56,6 +62,11 @@ CAMI_ITEMS = [
     ("cmhi", True, "在居民区设立精神卫生服务机构会让这个社区变得不受欢迎。"),
 ]
 
+CAMI_ITEMS = [row for position in range(10) for subscale in CAMI_SUBSCALES
+              for row in [r for r in _CAMI_BY_SUBSCALE if r[0] == subscale][position:position + 1]]
+CAMI_NAMES = {"authoritarianism": ("专制主义", "stigmatising"), "benevolence": ("仁慈", "accepting"),
+              "social_restrictiveness": ("社会限制", "stigmatising"), "cmhi": ("社区精神卫生理念", "accepting")}
+
 # (reverse, text); MICA has no published subscales, so every item belongs to "total".
 MICA_ITEMS = [
     (False, "我只在不得不学的时候才去了解精神卫生知识，不会主动阅读额外的相关资料。"),
@@ -80,23 +91,25 @@ SCALES = {
     "cami": {
         "points": 5,
         "labels": ["非常不同意", "不同意", "不确定", "同意", "非常同意"],
-        "subscales": list(CAMI_SUBSCALES),
+        "subscales": {key: {"name": name, "direction": direction} for key, (name, direction) in CAMI_NAMES.items()},
         "items": len(CAMI_ITEMS),
         "scoring": "每个分量表10题，按1～5计分；reverse为true的题目反向计分（6减原分），"
-        "分量表得分越高表示该态度越强。cmhi为社区精神卫生理念（community mental health ideology）。"
-        "条目按分量表分组编号（原问卷中各分量表条目交错呈现，施测时可打乱顺序）。",
+        "分量表得分越高表示该态度越强：专制主义和社会限制越高越负面（污名化），仁慈和社区精神卫生理念越高越正面（接纳）。"
+        "四个分量表方向不同，因此只按分量表报告，不计算全量表总均分。cmhi为社区精神卫生理念（community mental health ideology）。"
+        "条目按原问卷顺序编号，四个分量表交错出现（第1、5、9……题为专制主义，第2、6、10……题为仁慈，"
+        "第3、7、11……题为社会限制，第4、8、12……题为社区精神卫生理念）。",
         "source": "Taylor SM, Dear MJ. Scaling community attitudes toward the mentally ill. "
         "Schizophrenia Bulletin, 1981. 条目为chimed-ray作者的中文改写。",
     },
     "mica": {
         "points": 6,
         "labels": ["非常不同意", "不同意", "有些不同意", "有些同意", "同意", "非常同意"],
-        "subscales": ["total"],
+        "subscales": {"total": {"name": "总分", "direction": "stigmatising"}},
         "items": len(MICA_ITEMS),
         "scoring": "16题按1～6计分；reverse为true的题目（第3、9、10、11、12、16题）反向计分（7减原分），"
         "总分16～96，越高表示对精神疾病的污名化态度越强。原量表没有公认的分量表，因此只计总分（total）。",
         "source": "Gabbidon J, et al. Mental Illness: Clinicians' Attitudes (MICA) scale—psychometric "
-        "properties of a version for healthcare students and professionals. Psychiatry Research, 2013. "
+        "properties of a version for healthcare students and professionals. Psychiatry Research, 2013 (MICA v4). "
         "条目为chimed-ray作者的中文改写。",
     },
 }

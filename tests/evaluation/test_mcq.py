@@ -51,6 +51,27 @@ def test_zero_and_few_shot_prompts(eval_files):
     assert requests[0].options == ["A", "B", "C", "D"] and requests[0].kind == "choice"
 
 
+def test_prompt_names_the_subject_in_chinese(eval_files):
+    # C-Eval's template with the Chinese subject name, never the English id.
+    assert mcq.instruction("clinical_medicine") == "以下是中国关于临床医学考试的单项选择题，请选出其中的正确答案。"
+    assert [mcq.subject_name(s) for s in ("basic_medicine", "physician", "pharmacology", "Clinical_Knowledge")] == [
+        "基础医学", "医师资格", "药理学", "临床知识"]
+    assert mcq.subject_name("内科学") == "内科学"
+    (item, _) = mcq.load_items([eval_files["cmmlu"]])
+    assert mcq.build_messages(item, [])[0]["content"].startswith("以下是中国关于临床知识考试的单项选择题")
+
+
+def test_bundled_mcq_prompts_use_chinese_subject_names():
+    from chimed_ray.data.embedded import embedded_path
+
+    task = mcq.load_task("mcq", [embedded_path("eval/mcq.jsonl")], [embedded_path("eval/mcq_dev.jsonl")],
+                         few_shot=1, max_items=0)
+    heads = {r.messages[0]["content"].split("\n", 1)[0] for r in task.requests()}
+    assert heads == {f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。"
+                     for name in ("临床医学", "基础医学", "药理学", "医师资格")}
+    assert not any(ch.isascii() and ch.isalpha() for head in heads for ch in head)
+
+
 def test_letter_scoring_on_fixed_logprob_tables(eval_files):
     task = mcq.load_task("mcq", [eval_files["mcq"]], [], few_shot=0, max_items=0)
     tables = {
@@ -61,7 +82,8 @@ def test_letter_scoring_on_fixed_logprob_tables(eval_files):
     result = task.score({uid: EvalResponse(uid, option_logprobs=t) for uid, t in tables.items()})
     assert result.metrics == {"accuracy": pytest.approx(200 / 3), "n": 3}
     assert result.breakdown["by_subject"] == {
-        "临床医学": {"accuracy": 50.0, "n": 2}, "基础医学": {"accuracy": 100.0, "n": 1}}
+        "临床医学": {"name": "临床医学", "accuracy": 50.0, "n": 2},
+        "基础医学": {"name": "基础医学", "accuracy": 100.0, "n": 1}}
     assert [p["prediction"] for p in result.predictions] == ["A", "B", "B"]
 
 

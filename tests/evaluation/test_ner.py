@@ -17,7 +17,17 @@ def test_ccks_positions_are_end_exclusive(eval_files):
     assert task.docs[1].entities == {("奥美拉唑", "药物"), ("腹部", "解剖部位")}
     prompt = task.requests()[0].messages[0]["content"]
     assert "类型：实体" in prompt and prompt.endswith("文本：患者胃癌术后，行CT检查。")
-    assert "疾病和诊断、影像检查、药物、解剖部位" in prompt
+    # CCKS-2019's six categories, in its order, whatever subset the file happens to use.
+    assert "实体类型包括：疾病和诊断、影像检查、实验室检验、手术、药物、解剖部位。" in prompt
+
+
+def test_bundled_ner_uses_exactly_the_ccks_2019_categories():
+    from chimed_ray.data.embedded import embedded_path
+
+    task = ner.load_task([embedded_path("eval/ner.jsonl")], max_new_tokens=32, max_items=0)
+    labels = {label for doc in task.docs for _, label in doc.entities}
+    assert labels == set(ner.CCKS_TYPES) == {"疾病和诊断", "影像检查", "实验室检验", "手术", "药物", "解剖部位"}
+    assert ner.entity_types(task.docs) == list(ner.CCKS_TYPES)
 
 
 def test_out_of_range_entity_names_file_line_and_index(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chimed_ray.config.eval import EVAL_TASKS, EvalConfig
+from chimed_ray.config.eval import DEFAULT_TASKS as EVAL_TASKS, EvalConfig
 from chimed_ray.config.loader import ConfigError, load_config
 from chimed_ray.evaluation.run import main, run_evaluation
 
@@ -49,7 +49,13 @@ def test_tiny_model_on_bundled_sets(tiny_checkpoint, tmp_path):
     model = report["models"]["tiny"]
     assert list(model["tasks"]) == list(EVAL_TASKS)
     assert all(0 <= model["tasks"][t]["metrics"]["accuracy"] <= 100 for t in ("mcq", "medqa"))
-    assert 1 <= model["tasks"]["cami"]["metrics"]["mean"] <= 5 and 1 <= model["tasks"]["mica"]["metrics"]["mean"] <= 6
+    cami, mica = model["tasks"]["cami"]["metrics"], model["tasks"]["mica"]["metrics"]
+    directions = {v["direction"] for v in model["tasks"]["cami"]["breakdown"]["subscales"].values()}
+    # A pooled CAMI score only when the sampled subscales all point one way (here 4 items: 1, 11,
+    # 21, 31 are authoritarianism and social restrictiveness, both "higher = more stigmatising").
+    assert ("mean" in cami) == (len(directions) == 1)
+    assert all(1 <= value <= 5 for key, value in cami.items() if key.startswith("subscale/"))
+    assert 1 <= mica["mean"] <= 6 and mica["total"] == pytest.approx(mica["mean"] * mica["n"])
     assert model["requests"] == sum(model["tasks"][t]["metrics"]["n"] for t in EVAL_TASKS)
     _check_outputs(report, tmp_path, ["tiny"])
 
@@ -84,11 +90,13 @@ def test_endpoint_runs_generation_tasks_only(fake_openai, eval_files, tmp_path):
 
 def test_cli_runs_tiny_config(tmp_path, capsys, tiny_checkpoint):
     code = main(["--config", str(CONFIGS / "tiny.yaml"), f"output_dir={tmp_path}",
-                 f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "tasks=[mcq, cami]", "max_items=2",
+                 f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "tasks=[mcq, cami]", "max_items=8",
                  "scale.progress_bar=false"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| model | mcq acc | cami mean | items/s |" in out and "| tiny |" in out
+    # CAMI per subscale (8 evenly spaced items cover all four), no pooled column.
+    assert ("| model | mcq acc | cami authoritarianism | cami benevolence | cami social_restrictiveness | cami cmhi "
+            "| items/s |") in out and "| tiny |" in out and "cami mean" not in out
     assert str(tmp_path / "report.md") in out
 
 
@@ -139,3 +147,29 @@ def test_missing_file_and_checkpoint_are_named(tmp_path, eval_files):
     config = _config(tmp_path, ["tasks=[qa]", f"checkpoints=[{{name: sft, path: {tmp_path}/sft}}]"], eval_files)
     with pytest.raises(InputError, match="sft: checkpoint 'sft' is not an HF model directory"):
         run_evaluation(config)
+
+
+def test_reward_task_scores_each_models_answers_and_adds_a_reward_column(tiny_checkpoint, tmp_path):
+    """The reward model scores every model's greedy answers to held-out prompts; the summary table
+    gets a reward column. A causal LM serves as the reward model here (its head is seeded)."""
+    from chimed_ray.evaluation.report import summary_table
+    from chimed_ray.evaluation.reward import score_answers
+
+    config = _config(tmp_path, [f"checkpoints=[{{name: tiny, path: {tiny_checkpoint}}}]", "tasks=[mcq, reward]",
+                                f"reward_model={tiny_checkpoint}", "max_items=3", "generation.max_new_tokens=4",
+                                "scale.progress_bar=false"])
+    report = run_evaluation(config)
+    reward = report["models"]["tiny"]["tasks"]["reward"]
+    rows = [json.loads(line) for line in (tmp_path / "predictions" / "tiny" / "reward.jsonl").read_text("utf-8").splitlines()]
+    assert reward["metrics"]["n"] == len(rows) == 3
+    # The reported mean is the mean of the per-answer scores, and they are the reward model's scores.
+    assert reward["metrics"]["reward"] == pytest.approx(sum(r["reward"] for r in rows) / 3)
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    assert [r["reward"] for r in rows] == pytest.approx(score_answers(str(tiny_checkpoint), prompts,
+                                                                      [r["answer"] for r in rows], 1024))
+    assert "| model | mcq acc | reward | items/s |" in "\n".join(summary_table(report["models"]))
+
+
+def test_reward_task_needs_a_reward_model(tmp_path):
+    with pytest.raises(ConfigError, match="reward_model: the reward task needs a reward-model checkpoint"):
+        _config(tmp_path, ["checkpoints=[{name: a, path: x}]", "tasks=[reward]"])

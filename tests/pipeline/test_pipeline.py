@@ -26,14 +26,35 @@ def test_every_stage_config_is_validated_before_anything_runs(tmp_path):
     assert not any(tmp_path.iterdir()), "validation must not write anything"
 
 
+# The main job shrunk to test size: the same model, fewer steps, one small rejection-sampling round,
+# MCQ on all 160 items (so the SFT-over-base comparison is not noise), the reward task on 12
+# held-out prompts and short generations. `make pipeline` runs the full configuration.
+SHRINK = ("overrides={pretrain: [model.tiny.hidden_size=192, model.tiny.intermediate_size=512, "
+          "model.tiny.num_hidden_layers=4, model.tiny.num_attention_heads=6, model.tiny.num_key_value_heads=2, "
+          "data.max_length=256, optim.lr=2e-3, optim.max_steps=50, logging.eval_every=50, logging.save_every=50], "
+          "sft: [optim.lr=1e-3, optim.max_steps=90, logging.eval_every=90, logging.save_every=90], "
+          "reward: [optim.max_steps=20, logging.eval_every=20, logging.save_every=20], "
+          "rejection_sampling: [rounds=1, samples_per_prompt=2, max_prompts=16, score_final=false, "
+          "'data.train_files=[chimed_ray/resources/data/preference/train.jsonl]', sampling.max_new_tokens=16, "
+          "sft.optim.lr=1e-4, sft.optim.epochs=1], "
+          "eval: ['tasks=[mcq, cami, reward]', max_items=0, generation.max_new_tokens=12]}")
+
+
+REPORTS: dict[str, Path] = {}  # the run's report.json, for the MCQ check below
+
+
 def test_pipeline_from_corpus_to_served_model(ray_cluster, tmp_path, capsys):
-    pipeline = load_config(PipelineConfig, CONFIG, [f"output_dir={tmp_path}"])
+    pipeline = load_config(PipelineConfig, CONFIG, [f"output_dir={tmp_path}", SHRINK])
     run_pipeline(pipeline)
+    REPORTS["report"] = tmp_path / "eval" / "report.json"
     out = capsys.readouterr().out
     for stage in ("pretrain", "sft", "reward", "rejection_sampling"):
         assert is_hf_checkpoint(tmp_path / stage / "final"), stage
     report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     assert set(report["models"]) == {"base", "sft", "rlhf"}
+    assert all(isinstance(model["tasks"]["reward"]["metrics"]["reward"], float) for model in report["models"].values())
+    summary = (tmp_path / "eval" / "report.md").read_text(encoding="utf-8").split("## Summary", 1)[1]
+    assert summary.splitlines()[2].startswith("| model | mcq acc | reward | cami ") and "cami mean" not in summary
     assert (tmp_path / "eval" / "report.md").is_file()
     assert list((tmp_path / "eval").glob("*.png"))
     assert "[chimed-ray pipeline] endpoint: http://" in out
@@ -41,6 +62,17 @@ def test_pipeline_from_corpus_to_served_model(ray_cluster, tmp_path, capsys):
     assert answer.split("answer:", 1)[1].strip(), "the served model returned an empty answer"
 
     # Rerunning the same command skips every finished stage.
-    run_pipeline(load_config(PipelineConfig, CONFIG, [f"output_dir={tmp_path}", "stages=[pretrain,sft,reward,rlhf,eval]"]))
+    run_pipeline(load_config(PipelineConfig, CONFIG, [f"output_dir={tmp_path}", "stages=[pretrain,sft,reward,rlhf,eval]", SHRINK]))
     rerun = capsys.readouterr().out
     assert rerun.count("done already") == 5
+
+
+@pytest.mark.xfail(strict=False, reason="issue 13: at CPU-minutes scale the SFT model answers every item with the "
+                   "same letter (base 25.0 = sft 25.0 on the full bundled MCQ set, measured); XPASS once training "
+                   "teaches letter choice by content")
+def test_sft_beats_base_on_mcq():
+    if "report" not in REPORTS:
+        pytest.skip("needs the pipeline run of test_pipeline_from_corpus_to_served_model")
+    report = json.loads(REPORTS["report"].read_text(encoding="utf-8"))
+    accuracy = {name: model["tasks"]["mcq"]["metrics"]["accuracy"] for name, model in report["models"].items()}
+    assert accuracy["sft"] > accuracy["base"], f"SFT does not beat the base model on MCQ: {accuracy}"
