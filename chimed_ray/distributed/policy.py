@@ -177,18 +177,6 @@ class PolicyWorker(TrainableWorker):
         return {"policy_loss": float(policy_loss.detach()), "entropy": float(mean_entropy),
                 **{key: float(value) for key, value in stats.items()}}
 
-
-def disable_dropout(module: "torch.nn.Module") -> None:
-    """Set every dropout probability in `module` to 0 (LoRA's and attention's included), so
-    train-mode and eval-mode forwards give the same log-probs."""
-    import torch
-
-    for child in module.modules():
-        if isinstance(child, torch.nn.Dropout):
-            child.p = 0.0
-        if isinstance(getattr(child, "attention_dropout", None), float):  # HF attention passes it as dropout_p
-            child.attention_dropout = 0.0
-
     def open_weight_sync(self, address: tuple[str, int], world_size: int, backend: str, lora_sync: str,
                          bucket_bytes: int) -> list:
         """Rank 0 joins the weight-sync group with the engines; every rank plans the same buckets."""
@@ -204,6 +192,18 @@ def disable_dropout(module: "torch.nn.Module") -> None:
     def send_weights(self) -> "SyncStats":
         """Broadcast the current weights bucket by bucket (distributed/weight_sync.py)."""
         return self.weight_sender.send()
+
+
+def disable_dropout(module: "torch.nn.Module") -> None:
+    """Set every dropout probability in `module` to 0 (LoRA's and attention's included), so
+    train-mode and eval-mode forwards give the same log-probs."""
+    import torch
+
+    for child in module.modules():
+        if isinstance(child, torch.nn.Dropout):
+            child.p = 0.0
+        if isinstance(getattr(child, "attention_dropout", None), float):  # HF attention passes it as dropout_p
+            child.attention_dropout = 0.0
 
 
 def eos_token_ids(tokenizer) -> list[int]:
