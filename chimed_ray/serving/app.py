@@ -43,7 +43,6 @@ def build_app(config: ServeConfig) -> Any:
     from chimed_ray.serving.model_server import ModelServer
 
     validate_tree(config)  # configs built in code (e.g. by the pipeline) skip load_config
-    api_key = resolve_api_key(config.http)  # an open public server is refused before anything starts
     models = {}
     for index, model in enumerate(config.models):
         name = model.served_name()
@@ -52,6 +51,8 @@ def build_app(config: ServeConfig) -> Any:
         models[name] = ModelServer.options(name=deployment_name(name), **options).bind(
             name, path, config.engine, config.batching, config.log_requests
         )
+    # After the checkpoints (a bad path is the one error to report), before anything starts.
+    api_key = resolve_api_key(config.http)
     if config.engine.engine == "vllm":
         import importlib.util
 

@@ -31,8 +31,8 @@ def test_every_stage_config_is_validated_before_anything_runs(tmp_path):
 # held-out prompts and short generations. `make pipeline` runs the full configuration.
 SHRINK = ("overrides={pretrain: [model.tiny.hidden_size=192, model.tiny.intermediate_size=512, "
           "model.tiny.num_hidden_layers=4, model.tiny.num_attention_heads=6, model.tiny.num_key_value_heads=2, "
-          "data.max_length=256, optim.lr=2e-3, optim.max_steps=50, logging.eval_every=50, logging.save_every=50], "
-          "sft: [optim.lr=1e-3, optim.max_steps=90, logging.eval_every=90, logging.save_every=90], "
+          "data.max_length=256, optim.lr=2e-3, optim.max_steps=20, logging.eval_every=20, logging.save_every=20], "
+          "sft: [optim.lr=1e-3, optim.max_steps=30, logging.eval_every=30, logging.save_every=30], "
           "reward: [optim.max_steps=20, logging.eval_every=20, logging.save_every=20], "
           "rejection_sampling: [rounds=1, samples_per_prompt=2, max_prompts=16, score_final=false, "
           "'data.train_files=[chimed_ray/resources/data/preference/train.jsonl]', sampling.max_new_tokens=16, "
