@@ -180,7 +180,7 @@ def ppo_round(engine, setup: Setup) -> float:
     from chimed_ray.distributed.forward import no_grad_in_micro_batches, response_logprobs
     from chimed_ray.distributed.policy import eos_token_ids
     from chimed_ray.models import load_tokenizer
-    from chimed_ray.rollout.hf_engine import left_pad
+    from chimed_ray.data.padding import left_pad
 
     tokenizer = load_tokenizer(str(setup.checkpoint))
     prompts = rollout_prompts(setup)

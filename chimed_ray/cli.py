@@ -6,12 +6,9 @@ errors into one clear line and a non-zero exit code instead of a traceback wall.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from typing import Sequence, TypeVar
-
-T = TypeVar("T")
+from typing import Sequence
 
 STAGES = {
     "pretrain": ("chimed_ray.trainers.pretrain", "continued pretraining on medical text (Ray Train)"),
@@ -44,25 +41,6 @@ def stage_config_class(stage: str) -> type:
     """The typed config class of `stage` (for tools that check configs without running them)."""
     module_name, class_name = STAGE_CONFIGS[stage].split(":")
     return getattr(importlib.import_module(module_name), class_name)
-
-
-def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    """The argument parser every stage shares: `--config FILE` and trailing `key=value` overrides."""
-    parser = argparse.ArgumentParser(prog=f"chimed-ray {stage}", description=description)
-    parser.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
-    return parser
-
-
-def parse_stage_config(
-    stage: str, config_cls: type[T], argv: Sequence[str], parser: argparse.ArgumentParser | None = None
-) -> tuple[T, argparse.Namespace]:
-    """Parse `argv` for `stage` into a validated `config_cls` (plus the parsed namespace)."""
-    from chimed_ray.config import load_config
-
-    parser = parser or stage_parser(stage, STAGES[stage][1])
-    args = parser.parse_args(list(argv))
-    return load_config(config_cls, args.config, args.overrides), args
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -172,7 +172,7 @@ def run_pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
 
     pipeline, _ = parse_stage_config("pipeline", PipelineConfig, argv)
     results = run_pipeline(pipeline)

@@ -86,7 +86,7 @@ def build_rollout_batch(
     response mask is all zeros and it contributes nothing to any loss.
     """
     from chimed_ray.algorithms import response_mask_from_eos
-    from chimed_ray.rollout.hf_engine import left_pad, right_pad
+    from chimed_ray.data.padding import left_pad, right_pad
 
     prompt_ids, prompt_mask = left_pad(prompts, pad_token_id)  # [B, P]
     # An all-empty batch still gets one (masked) answer column.

@@ -51,7 +51,7 @@ def score_answers(reward_path: str, prompts: list[list[dict[str, str]]], answers
     from chimed_ray.config import TinyModelConfig
     from chimed_ray.models import load_tokenizer
     from chimed_ray.models.heads import build_scalar_model, sequence_scores
-    from chimed_ray.rollout.hf_engine import right_pad
+    from chimed_ray.data.padding import right_pad
     from chimed_ray.trainers.reward import tokenize_pair
 
     tokenizer = load_tokenizer(reward_path)

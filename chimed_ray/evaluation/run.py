@@ -198,7 +198,7 @@ def log_scores(config: EvalConfig, models: dict[str, Any], report_files: list[Pa
 
 def main(argv: Sequence[str]) -> int:
     """`chimed-ray eval` entry point: parse and validate the config, run, print where the report is."""
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
     from chimed_ray.evaluation.report import summary_table
 
     config, _ = parse_stage_config("eval", EvalConfig, argv)

@@ -86,7 +86,7 @@ class HFScorer:
             if len(set(ids)) != len(ids):
                 raise ValueError(f"option labels {labels} do not map to distinct first tokens ({ids})")
             label_ids.append(ids)
-        from chimed_ray.rollout.hf_engine import left_pad
+        from chimed_ray.data.padding import left_pad
 
         input_ids, attention_mask = left_pad(self.prompt_ids(prompts), self.tokenizer.pad_token_id, self.device)
         # Left padding: count positions over real tokens, as an unpadded prompt would see them.

@@ -56,7 +56,7 @@ class AnswerScorer:
         import torch
 
         from chimed_ray.models.heads import sequence_scores
-        from chimed_ray.rollout.hf_engine import right_pad
+        from chimed_ray.data.padding import right_pad
 
         prompts, answers = _rows(batch, "prompt_ids"), _rows(batch, "answer_ids")
         input_ids, attention_mask = right_pad([p + a for p, a in zip(prompts, answers)], self.tokenizer.pad_token_id)

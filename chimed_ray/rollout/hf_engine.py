@@ -7,8 +7,9 @@ refreshes after every update (bucket by bucket through `distributed/weight_sync.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from chimed_ray.data.padding import left_pad
 from chimed_ray.rollout.base import Generation, SamplingParams, trim_at_eos
 
 if TYPE_CHECKING:
@@ -143,30 +144,3 @@ class HFEngine:
         from chimed_ray.distributed.weight_sync import receive_buckets
 
         return receive_buckets(self.sync_group, buckets, next(self.model.parameters()).device, self.load_named)
-
-
-def left_pad(prompts: list[list[int]], pad_token_id: int, device: Optional["torch.device"] = None):
-    """Left-pad prompts to one width: `(input_ids [B, P], attention_mask [B, P])`."""
-    import torch
-
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        if ids:
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
-def right_pad(rows: list[list[int]], pad_token_id: int):
-    """Right-pad token rows to one width: `(input_ids [B, T], attention_mask [B, T])`."""
-    import torch
-
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from chimed_ray.cli import STAGES, parse_stage_config, stage_parser
+from chimed_ray.config.arguments import parse_stage_config, stage_parser
 from chimed_ray.config.serve import ServeConfig, checkpoint_overrides
 
 
 def parse_args(argv: Sequence[str]) -> ServeConfig:
     """Validated ServeConfig from the command line; `--checkpoint` replaces the YAML's models."""
-    parser = stage_parser("serve", STAGES["serve"][1])
+    parser = stage_parser("serve", ServeConfig)
     parser.add_argument(
         "--checkpoint", action="append", default=[], metavar="DIR|NAME=DIR",
         help="HF checkpoint directory to serve (repeatable); the model name defaults to the dir name",

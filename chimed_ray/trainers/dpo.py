@@ -374,7 +374,7 @@ def run_dpo(config: DPOConfig) -> Path:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
 
     config, _ = parse_stage_config("dpo", DPOConfig, argv)
     run_dpo(config)

@@ -287,10 +287,10 @@ def resolve_paths(config: PPOConfig) -> PPOConfig:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import STAGES, parse_stage_config, stage_parser
+    from chimed_ray.config.arguments import parse_stage_config, stage_parser
     from chimed_ray.config import ConfigError
 
-    parser = stage_parser("ppo", STAGES["ppo"][1])
+    parser = stage_parser("ppo", PPOConfig)
     parser.add_argument("--dry-run", action="store_true",
                         help="engine=openrlhf: export the data, print the OpenRLHF command, submit nothing")
     config, args = parse_stage_config("ppo", PPOConfig, argv, parser)

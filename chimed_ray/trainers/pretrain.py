@@ -32,7 +32,7 @@ class PretrainTask(StageTask):
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
     from chimed_ray.trainers.launch import run_ray_train
 
     config, _ = parse_stage_config("pretrain", PretrainConfig, argv)

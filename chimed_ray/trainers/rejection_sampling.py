@@ -190,7 +190,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
 
     config, _ = parse_stage_config("rejection-sampling", RejectionSamplingConfig, argv)
     run_rejection_sampling(config)

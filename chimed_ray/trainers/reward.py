@@ -45,7 +45,7 @@ def tokenize_pair(prompt: list[dict], answer: str, tokenizer, max_length: int) -
 
 def collate_pairs(examples: Sequence[PairExample], pad_token_id: int) -> PairBatch:
     """Right-pad chosen then rejected sequences into one `PairBatch`."""
-    from chimed_ray.rollout.hf_engine import right_pad
+    from chimed_ray.data.padding import right_pad
 
     rows = [chosen for chosen, _ in examples] + [rejected for _, rejected in examples]
     return PairBatch(*right_pad(rows, pad_token_id))
@@ -113,7 +113,7 @@ def run_reward(config: RewardConfig) -> Path:
 
 
 def main(argv: Sequence[str]) -> int:
-    from chimed_ray.cli import parse_stage_config
+    from chimed_ray.config.arguments import parse_stage_config
 
     config, _ = parse_stage_config("reward", RewardConfig, argv)
     run_reward(config)
