@@ -43,6 +43,7 @@ def build_app(config: ServeConfig) -> Any:
     from chimed_ray.serving.model_server import ModelServer
 
     validate_tree(config)  # configs built in code (e.g. by the pipeline) skip load_config
+    api_key = resolve_api_key(config.http, warn=False)  # an open public server is refused before anything starts
     models = {}
     for index, model in enumerate(config.models):
         name = model.served_name()
@@ -51,8 +52,8 @@ def build_app(config: ServeConfig) -> Any:
         models[name] = ModelServer.options(name=deployment_name(name), **options).bind(
             name, path, config.engine, config.batching, config.log_requests
         )
-    # After the checkpoints (a bad path is the one error to report), before anything starts.
-    api_key = resolve_api_key(config.http)
+    if not api_key:
+        resolve_api_key(config.http)  # its warning comes after the checkpoints: a bad path is then the one line
     if config.engine.engine == "vllm":
         import importlib.util
 
@@ -76,7 +77,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_api_key(http: HTTPConfig) -> str:
+def resolve_api_key(http: HTTPConfig, warn: bool = True) -> str:
     """The API key (`http.api_key`, else `$<http.api_key_env>`), refusing an open non-loopback server.
 
     Raises:
@@ -93,7 +94,8 @@ def resolve_api_key(http: HTTPConfig) -> str:
             f"http.api_key is empty); export {http.api_key_env or 'CHIMED_RAY_API_KEY'}=<key>, or set "
             "http.allow_unauthenticated=true to serve without auth"
         )
-    logger.warning("serving on %s without an API key (%s)", http.host, source)
+    if warn:
+        logger.warning("serving on %s without an API key (%s)", http.host, source)
     return api_key
 
 

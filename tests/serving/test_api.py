@@ -147,9 +147,9 @@ def test_client_leaving_mid_stream_does_not_hurt_the_replica(served, client, bas
 
 def test_non_streaming_client_leaving_stops_its_generation(served, baseline):
     known = {record["request_id"] for record in replica_records(served)}
-    # Eight rows of 400 tokens: far more than the ~0.2 s before the client leaves can produce, on
-    # an idle machine too (a single 400-token row finished in 0.6 s, before the client had left).
-    rows, max_tokens = 8, 400
+    # Four rows (the served max_n) of 400 tokens: far more than the ~0.2 s before the client leaves
+    # can produce, on an idle machine too (one 400-token row alone finished in 0.6 s).
+    rows, max_tokens = 4, 400
     body = json.dumps({"model": "tiny", "prompt": "咳嗽", "max_tokens": max_tokens, "n": rows,
                        "ignore_eos": True}).encode()
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
