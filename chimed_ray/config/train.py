@@ -60,3 +60,6 @@ class SFTConfig(TrainStageConfig):
     output_dir: str = "outputs/sft"
     run_name: str = "sft"
     train_on_prompt: bool = False
+    # Lay conversations end to end in `data.max_length` bins (no padding; attention and loss stay
+    # inside each conversation); `optim.micro_batch_size` then counts bins.
+    packing: bool = False

@@ -4,7 +4,15 @@ from chimed_ray.data.embedded import embedded_files, embedded_path
 from chimed_ray.data.formats import Keys, PreferencePair, detect_format, parse_chimed, to_messages, to_preference, to_text
 from chimed_ray.data.readers import Record, ReadStats, iter_records, read_records
 from chimed_ray.data.splits import load_split
-from chimed_ray.data.tokenize import IGNORE_INDEX, LMBatch, collate_lm, dialogue_segments, pack_documents, tokenize_dialogue
+from chimed_ray.data.tokenize import (
+    IGNORE_INDEX,
+    LMBatch,
+    collate_lm,
+    dialogue_segments,
+    pack_documents,
+    pack_examples,
+    tokenize_dialogue,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -21,6 +29,7 @@ __all__ = [
     "iter_records",
     "load_split",
     "pack_documents",
+    "pack_examples",
     "parse_chimed",
     "read_records",
     "to_messages",

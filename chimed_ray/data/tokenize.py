@@ -4,7 +4,7 @@ the loss on answer tokens only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from chimed_ray.data.formats import Message
 from chimed_ray.models.tokenizer import BOT_TAG, HUMAN_TAG
@@ -71,32 +71,76 @@ def tokenize_dialogue(
     return input_ids, labels
 
 
+def pack_examples(
+    examples: Sequence[tuple[list[int], list[int]]], capacity: int
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """SFT examples laid end to end in bins of at most `capacity` tokens (first-fit, longest
+    first), as TRL's `packing=True` and OpenRLHF's `--packing_samples` train: (input_ids, labels,
+    position_ids) per bin. Position ids restart at 0 at each example, which transformers reads as
+    sequence boundaries (a block-diagonal causal mask under sdpa/eager, varlen flash-attention),
+    and each example's first label is IGNORE_INDEX, so no loss crosses from one example into the next.
+    """
+    from chimed_ray.distributed.packing import first_fit
+
+    bins = []
+    for members in first_fit([len(ids) for ids, _ in examples], capacity):
+        input_ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for index in members:
+            ids, targets = examples[index]
+            input_ids += ids
+            labels += [IGNORE_INDEX] + list(targets[1:])
+            positions += range(len(ids))
+        bins.append((input_ids, labels, positions))
+    return bins
+
+
 @dataclass
 class LMBatch:
-    """A padded causal-LM batch."""
+    """A causal-LM batch: right-padded rows, or packed bins whose `position_ids` restart at each
+    example (the model then gets no mask, so attention stays inside each example)."""
 
     input_ids: "torch.Tensor"  # [B, T]
-    attention_mask: "torch.Tensor"  # [B, T]
+    attention_mask: "torch.Tensor"  # [B, T]: 1 on real tokens
     labels: "torch.Tensor"  # [B, T], IGNORE_INDEX where no loss
+    position_ids: Optional["torch.Tensor"] = None  # [B, T] when packed
 
     def to(self, device: "torch.device") -> "LMBatch":
-        return LMBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+        positions = None if self.position_ids is None else self.position_ids.to(device)
+        return LMBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), positions)
+
+    def model_inputs(self) -> dict[str, "torch.Tensor"]:
+        """Keyword arguments of the model's forward (labels included)."""
+        inputs = {"input_ids": self.input_ids, "labels": self.labels}
+        if self.position_ids is not None:  # transformers reads restarts as boundaries only without a mask or cache
+            inputs.update(position_ids=self.position_ids, use_cache=False)
+        else:
+            inputs["attention_mask"] = self.attention_mask
+        return inputs
 
     def num_target_tokens(self) -> int:
         # The first position is never a target after the causal shift.
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def collate_lm(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> LMBatch:
-    """Right-pad (input_ids, labels) pairs to the longest in the batch."""
+def collate_lm(examples: Sequence[tuple[list[int], ...]], pad_token_id: int) -> LMBatch:
+    """Right-pad (input_ids, labels) pairs, or packed (input_ids, labels, position_ids) bins, to
+    the longest in the batch. A bin's padding gets positions of its own (restarting at 0), so it
+    is a separate sequence that no real token attends to."""
     import torch
 
-    width = max(len(ids) for ids, _ in examples)
+    width = max(len(example[0]) for example in examples)
+    packed = len(examples[0]) == 3
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, target) in enumerate(examples):
+    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, target, *positions) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(target)] = torch.tensor(target)
         attention_mask[row, : len(ids)] = 1
-    return LMBatch(input_ids, attention_mask, labels)
+        if packed:
+            position_ids[row, : len(ids)] = torch.tensor(positions[0])
+            position_ids[row, len(ids):] = torch.arange(width - len(ids))
+    return LMBatch(input_ids, attention_mask, labels, position_ids if packed else None)

@@ -62,7 +62,7 @@ def build_app(config: ServeConfig) -> Any:
     ingress = OpenAIIngress.options(
         num_replicas=config.http.ingress_replicas,
         max_ongoing_requests=config.http.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0.1},
+        ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": config.deployment.replica_env()}},
     )
     return ingress.bind(models, api_key, config.http.max_body_bytes)
 

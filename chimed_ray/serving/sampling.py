@@ -130,16 +130,14 @@ def make_generator(seed: Optional[int], device: "torch.device | str") -> "torch.
 
 @dataclass
 class PenaltyBatch:
-    """Repetition penalties of B live rows for one step, sparse over the tokens they touch."""
+    """Repetition penalties of B live rows for one step, over dense [B, V] token statistics (each
+    row keeps its own, updated in place as it generates, so a step only stacks them)."""
 
     repetition: "torch.Tensor"  # [B]: multiplicative, over tokens seen in prompt or output (1: none)
     frequency: "torch.Tensor"  # [B]: OpenAI's, per time a token was generated
     presence: "torch.Tensor"  # [B]: OpenAI's, once a token was generated
-    seen_rows: "torch.Tensor"  # [N] long: (row, token) pairs seen in the prompt or the output...
-    seen_tokens: "torch.Tensor"  # [N] long: ...each pair once
-    generated_rows: "torch.Tensor"  # [M] long: (row, token) pairs the row generated...
-    generated_tokens: "torch.Tensor"  # [M] long
-    counts: "torch.Tensor"  # [M] float: ...and how many times
+    seen: "torch.Tensor"  # [B, V] bool: in the prompt or generated
+    counts: Optional["torch.Tensor"] = None  # [B, V] float: times generated (None: no row uses them)
 
 
 def apply_penalties(logits: "torch.Tensor", penalties: PenaltyBatch) -> "torch.Tensor":
@@ -148,16 +146,16 @@ def apply_penalties(logits: "torch.Tensor", penalties: PenaltyBatch) -> "torch.T
     The repetition penalty works as HF's `RepetitionPenaltyLogitsProcessor` and vLLM's do: over
     every token seen in the prompt or the output, a positive logit is divided by it and a negative
     one multiplied. Frequency and presence are OpenAI's additive penalties over the output only:
-    `logit -= frequency * count + presence * (count > 0)`. Only the touched entries are computed.
+    `logit -= frequency * count + presence * (count > 0)`.
     """
-    import torch
-
     logits = logits.float().clone()
-    rows, tokens = penalties.seen_rows, penalties.seen_tokens
+    rows, tokens = penalties.seen.nonzero(as_tuple=True)  # only the touched entries are computed
     values, repetition = logits[rows, tokens], penalties.repetition[rows]
-    logits[rows, tokens] = torch.where(values > 0, values / repetition, values * repetition)
-    rows, tokens = penalties.generated_rows, penalties.generated_tokens
-    logits[rows, tokens] -= penalties.frequency[rows] * penalties.counts + penalties.presence[rows]
+    logits[rows, tokens] = values.where(values <= 0, values / repetition).where(values > 0, values * repetition)
+    if penalties.counts is not None:
+        rows, tokens = penalties.counts.nonzero(as_tuple=True)
+        counts = penalties.counts[rows, tokens]
+        logits[rows, tokens] -= penalties.frequency[rows] * counts + penalties.presence[rows]
     return logits
 
 
@@ -171,9 +169,10 @@ def sample_rows(logits: "torch.Tensor", temperature: "torch.Tensor", top_p: "tor
     """
     import torch
 
-    tokens = logits.argmax(-1)
-    valid = torch.ones(len(tokens), dtype=torch.bool, device=logits.device)
-    sampled = (temperature > 0).nonzero().flatten()
+    valid = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    greedy = temperature <= 0
+    tokens = logits.argmax(-1) if bool(greedy.any()) else torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    sampled = (~greedy).nonzero().flatten()
     if sampled.numel() == 0:
         return tokens, valid
     probs = torch.softmax(logits[sampled] / temperature[sampled, None], dim=-1)

@@ -61,19 +61,27 @@ class _Slot:
     row: RowState
     submission: _Submission
     generator: Optional[torch.Generator] = None
-    seen: set[int] = field(default_factory=set)  # in the prompt or generated (repetition penalty)
-    counts: dict[int, int] = field(default_factory=dict)  # times generated (frequency/presence)
+    seen: Optional[torch.Tensor] = None  # [V] bool: in the prompt or generated (repetition penalty)
+    counts: Optional[torch.Tensor] = None  # [V]: times generated (frequency/presence), if the row uses them
     next_token: int = 0
     released: bool = False  # counted as done in its submission
 
-    def start(self, device: torch.device | str) -> None:
-        """The row's RNG, made when its first logits arrive (a bad seed fails this row only)."""
-        self.generator = make_generator(self.row.seed, device)
-        self.seen = set(self.row.prompt_ids)
+    def start(self, logits: torch.Tensor) -> None:
+        """The row's RNG and token statistics, made when its first logits [V] arrive (a bad seed
+        fails this row only)."""
+        self.generator = make_generator(self.row.seed, logits.device)
+        row = self.row
+        if row.repetition_penalty != 1.0 or row.frequency_penalty or row.presence_penalty:
+            self.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            self.seen[torch.tensor(row.prompt_ids, dtype=torch.long, device=logits.device)] = True
+        if row.frequency_penalty or row.presence_penalty:
+            self.counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
 
     def record(self, token: int) -> None:
-        self.seen.add(token)
-        self.counts[token] = self.counts.get(token, 0) + 1
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.counts is not None:
+            self.counts[token] += 1
 
 
 @dataclass
@@ -219,7 +227,7 @@ class ContinuousBatcher:
         for slot in slots:
             if slot.generator is None and not slot.row.finished:
                 try:
-                    slot.start(logits.device)
+                    slot.start(logits[0])
                 except Exception as exc:
                     self._fail([slot], f"sampling setup failed: {exc!r}")
         index = [i for i, slot in enumerate(slots) if not slot.row.finished]
@@ -241,8 +249,8 @@ class ContinuousBatcher:
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)
 
-        if any(row.repetition_penalty != 1.0 or row.frequency_penalty or row.presence_penalty for row in rows):
-            logits = apply_penalties(logits, self._penalties(slots, device))
+        if any(slot.seen is not None for slot in slots):
+            logits = apply_penalties(logits, self._penalties(slots, logits))
         no_eos = [i for i, row in enumerate(rows) if row.ignore_eos]
         if no_eos and self.model.eos_ids:
             eos = torch.tensor(sorted(self.model.eos_ids), device=device)
@@ -261,21 +269,21 @@ class ContinuousBatcher:
                 self._fail([slot], f"feeding the token failed: {exc!r}")
 
     @staticmethod
-    def _penalties(slots: list[_Slot], device: torch.device | str) -> PenaltyBatch:
-        def column(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
+    def _penalties(slots: list[_Slot], logits: torch.Tensor) -> PenaltyBatch:
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=logits.device)
 
-        seen = [(i, token) for i, slot in enumerate(slots) for token in slot.seen]
-        generated = [(i, token, count) for i, slot in enumerate(slots) for token, count in slot.counts.items()]
+        none = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        counts = None
+        if any(slot.counts is not None for slot in slots):
+            zero = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
+            counts = torch.stack([zero if slot.counts is None else slot.counts for slot in slots])
         return PenaltyBatch(
             repetition=column([slot.row.repetition_penalty for slot in slots]),
             frequency=column([slot.row.frequency_penalty for slot in slots]),
             presence=column([slot.row.presence_penalty for slot in slots]),
-            seen_rows=column([i for i, _ in seen], torch.long),
-            seen_tokens=column([token for _, token in seen], torch.long),
-            generated_rows=column([i for i, _, _ in generated], torch.long),
-            generated_tokens=column([token for _, token, _ in generated], torch.long),
-            counts=column([count for *_, count in generated]),
+            seen=torch.stack([none if slot.seen is None else slot.seen for slot in slots]),
+            counts=counts,
         )
 
     def _fail(self, slots: list[_Slot], error: str) -> None:

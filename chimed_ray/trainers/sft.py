@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from chimed_ray.config import SFTConfig
-from chimed_ray.data import collate_lm, load_split, to_messages, tokenize_dialogue
+from chimed_ray.data import collate_lm, load_split, pack_examples, to_messages, tokenize_dialogue
 from chimed_ray.data.splits import keys_of
 from chimed_ray.trainers.task import StageTask, causal_lm_loss
 
@@ -26,7 +26,7 @@ class SFTTask(StageTask):
                 example = tokenize_dialogue(messages, tokenizer, config.data.max_length, config.train_on_prompt)
                 if example is not None:
                     out.append(example)
-            return out
+            return pack_examples(out, config.data.max_length) if config.packing else out
 
         return examples(train), examples(evaluation)
 

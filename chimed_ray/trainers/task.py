@@ -104,6 +104,6 @@ def load_task(name: str) -> StageTask:
 
 def causal_lm_loss(model: "torch.nn.Module", batch) -> tuple["torch.Tensor", dict[str, float], float]:
     """Mean next-token cross-entropy over target tokens of an `LMBatch`."""
-    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    output = model(**batch.model_inputs())
     tokens = batch.num_target_tokens()
     return output.loss, {"loss": float(output.loss.detach())}, float(tokens)

@@ -76,3 +76,36 @@ def test_collate_pads_right_and_masks_padding():
     assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch.labels.tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
     assert batch.num_target_tokens() == 2
+
+
+def test_packed_sft_bins_give_the_padded_batch_loss(tokenizer):
+    """Packed conversations (position ids restarting, no mask) must see only themselves: the summed
+    answer loss of the packed bins equals that of the same conversations right-padded."""
+    import torch
+
+    from chimed_ray.config import TinyModelConfig
+    from chimed_ray.data import pack_examples
+    from chimed_ray.models import build_causal_lm
+
+    dialogues = [TWO_TURNS, TWO_TURNS[:2], [{"role": "user", "content": "头痛怎么办"}, {"role": "assistant", "content": "多休息。"}]]
+    examples = [tokenize_dialogue(d, tokenizer, 64) for d in dialogues]
+    bins = pack_examples(examples, capacity=max(len(ids) for ids, _ in examples) + 12)
+    assert len(bins) < len(examples)  # two conversations share a bin
+    assert sum(len(ids) for ids, _, _ in bins) == sum(len(ids) for ids, _ in examples)
+    for ids, labels, positions in bins:  # every conversation starts at position 0 with no loss
+        for start in (i for i, p in enumerate(positions) if p == 0):
+            assert labels[start] == IGNORE_INDEX
+
+    model = build_causal_lm("", TinyModelConfig(), tokenizer, seed=0).double().eval()  # float64: no rounding noise
+
+    def summed_loss(batch):
+        logits = model(**{k: v for k, v in batch.model_inputs().items() if k != "labels"}).logits[:, :-1]
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        return torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum"), int(keep.sum())
+
+    padded, packed = collate_lm(examples, tokenizer.pad_token_id), collate_lm(bins, tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] == len(bins) and packed.position_ids is not None
+    (padded_loss, padded_n), (packed_loss, packed_n) = summed_loss(padded), summed_loss(packed)
+    assert packed_n == padded_n
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-9, atol=1e-9)

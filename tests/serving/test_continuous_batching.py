@@ -153,11 +153,11 @@ def test_penalties_by_hand():
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
 
     def penalties(repetition, frequency, presence):
-        long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
         # Row 0 saw tokens {0 (prompt), 1, 3} and generated [1, 1, 3]; row 1 saw and generated nothing.
+        seen = torch.tensor([[True, True, False, True], [False] * 4])
+        counts = torch.tensor([[0.0, 2.0, 0.0, 1.0], [0.0] * 4])
         return PenaltyBatch(torch.tensor([repetition, repetition]), torch.tensor([frequency, frequency]),
-                            torch.tensor([presence, presence]), long([0, 0, 0]), long([0, 1, 3]), long([0, 0]),
-                            long([1, 3]), torch.tensor([2.0, 1.0]))
+                            torch.tensor([presence, presence]), seen, counts)
 
     # repetition 2 over seen tokens: 2 -> 1, -1 -> -2, 3 -> 1.5; token 2 untouched.
     # frequency 0.5 and presence 0.25: token 1 -= 2 * 0.5 + 0.25, token 3 -= 0.5 + 0.25.
