@@ -64,11 +64,13 @@ def test_final_checkpoint_is_a_loadable_hf_directory(pretrain_run):
     assert tokenizer.chat_template and "[bot]:" in tokenizer.chat_template
 
 
-def test_sft_from_the_pretrained_checkpoint(pretrain_run, tmp_path):
+def test_packed_sft_from_the_pretrained_checkpoint(pretrain_run, tmp_path):
+    # Packed (the main job's setting); unpacked SFT runs in the tracking and rejection-sampling tests.
     config = load_config(
         SFTConfig,
         CONFIGS / "sft" / "tiny.yaml",
-        [f"model.path={pretrain_run}", f"output_dir={tmp_path}", "optim.max_steps=16", "optim.lr=3e-3",
+        [f"model.path={pretrain_run}", f"output_dir={tmp_path}", "packing=true", "optim.micro_batch_size=2",
+         "optim.max_steps=16", "optim.lr=3e-3",
          "logging.log_every=1", "logging.eval_every=8", "logging.save_every=8", "logging.progress_bar=false"],
     )
     final = run_ray_train("sft", config)
