@@ -11,6 +11,7 @@ for every remaining row are trimmed, so the cache never outgrows its longest liv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -61,6 +62,19 @@ def concat_rows(first: RowBatch | None, second: RowBatch) -> RowBatch:
     ]
     mask = torch.cat([_left_pad(first.attention_mask, pad_a, 1), _left_pad(second.attention_mask, pad_b, 1)])
     return RowBatch(DynamicCache(ddp_cache_data=layers), mask)
+
+
+def restorable(batch: RowBatch) -> Callable[[], RowBatch]:
+    """A way back to `batch` as it is now, for when a forward fails half-way through its layers.
+
+    transformers' `DynamicCache` grows a layer by replacing its tensors (`torch.cat`), never by
+    writing into them, so holding today's tensors (no copy) is enough to undo the layers a failed
+    step had already grown.
+    """
+    if batch.cache is None:  # nothing a step could have grown
+        return lambda: batch
+    layers, mask = _layers(batch.cache), batch.attention_mask
+    return lambda: RowBatch(DynamicCache(ddp_cache_data=layers), mask)
 
 
 def select_rows(batch: RowBatch, keep: list[int]) -> RowBatch | None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from chimed_ray.serving.row_batch import RowBatch, concat_rows, select_rows
+from chimed_ray.serving.row_batch import RowBatch, concat_rows, restorable, select_rows
 from chimed_ray.serving.sampling import PenaltyBatch, RowState, apply_penalties, make_generator, sample_rows
 
 logger = logging.getLogger("ray.serve")
@@ -212,14 +212,31 @@ class ContinuousBatcher:
 
     def _decode(self) -> None:
         tokens = torch.tensor([slot.next_token for slot in self._live], dtype=torch.long, device=self.model.device)
+        restore = restorable(self._batch)
         try:
             logits, self._batch = self.model.decode(self._batch, tokens)
-        except Exception as exc:
-            logger.exception("decode step over %d rows failed", len(self._live))
-            self._fail(self._live, f"decode failed: {exc!r}")
-            return
+        except Exception:
+            logger.exception("decode step over %d rows failed; retrying them one by one", len(self._live))
+            logits = self._decode_alone(restore(), tokens)
         self.stats.steps += 1
         self._sample(self._live, logits)
+
+    def _decode_alone(self, batch: RowBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """Each live row's step on its own after a failed batched step: a row that fails again
+        fails alone and leaves; the others form the batch again. Returns their logits."""
+        kept, logits, grown = [], [], None
+        for index, slot in enumerate(self._live):
+            try:
+                row_logits, row = self.model.decode(select_rows(batch, [index]), tokens[index:index + 1])
+            except Exception as exc:
+                self._fail([slot], f"decode failed: {exc!r}")
+                self._done(slot)
+                continue
+            kept.append(slot)
+            logits.append(row_logits)
+            grown = concat_rows(grown, row)
+        self._live, self._batch = kept, grown
+        return torch.cat(logits) if logits else torch.empty(0)
 
     def _sample(self, slots: list[_Slot], logits: torch.Tensor) -> None:
         """Draw and feed one token per unfinished row of `logits` [len(slots), V], all rows at once;

@@ -1,7 +1,7 @@
 """Continuous batching without Ray: the HF engine's scheduler on the tiny checkpoint.
 
 A request joins a running batch at the next step and gets the same greedy text as alone; finished
-and cancelled rows leave at once; a row that cannot be sampled or prefilled fails alone; a stuck
+and cancelled rows leave at once; a row that cannot be sampled, prefilled or decoded fails alone; a stuck
 generation thread fails the health check. Progress is awaited by token counts, never by timing.
 """
 
@@ -114,6 +114,35 @@ def test_a_prefill_that_raises_is_retried_row_by_row(engine, tokenizer, monkeypa
     asyncio.run(engine.generate(rows))
     assert [row.finish_reason for row in rows] == ["length", "error", "length"]
     assert "poisoned prompt" in rows[1].error
+
+
+def test_a_decode_step_that_raises_fails_only_the_row_that_fails_again(engine, tokenizer, monkeypatch):
+    """The poisoned row's step grows every layer's cache and then raises, as a forward failing
+    half-way would; the others are restored, stepped alone, and generate what they would have."""
+    poison = ids(tokenizer, "患者中毒后出现恶心呕吐腹痛头晕乏力四肢麻木意识模糊，家属非常着急不知道该怎么办")
+    clean = [ids(tokenizer, "发热"), ids(tokenizer, "乏力")]
+    assert len(poison) > 2 * max(map(len, clean)) + 8
+
+    def greedy(prompts):
+        rows = [RowState(prompt_ids=p, max_tokens=6, temperature=0.0, ignore_eos=True) for p in prompts]
+        asyncio.run(engine.generate(rows))
+        return rows
+
+    expected = [row.token_ids for row in greedy(clean)]
+    real_decode = engine.decode
+
+    def decode(batch, tokens):
+        if bool((batch.attention_mask.sum(-1) >= len(poison)).any()):
+            real_decode(batch, tokens)  # the cache of every layer grows, then the step fails
+            raise RuntimeError("poisoned row")
+        return real_decode(batch, tokens)
+
+    monkeypatch.setattr(engine, "decode", decode)
+    rows = greedy([clean[0], poison, clean[1]])
+    assert [row.finish_reason for row in rows] == ["length", "error", "length"]
+    assert "poisoned row" in rows[1].error
+    assert [rows[0].token_ids, rows[2].token_ids] == expected
+    assert engine.batcher.live_rows == 0
 
 
 def test_a_scheduler_bug_fails_the_rows_it_held_and_the_thread_goes_on(engine, tokenizer, monkeypatch):
