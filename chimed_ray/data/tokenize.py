@@ -71,6 +71,21 @@ def tokenize_dialogue(
     return input_ids, labels
 
 
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into bins of at most `capacity` tokens, longest first (SFT
+    packing here, the PPO score/train forwards in `distributed/packing.py`)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
+        target = next((k for k, free in enumerate(room) if free >= lengths[row]), None)
+        if target is None:
+            bins.append([]), room.append(capacity)
+            target = len(bins) - 1
+        bins[target].append(row)
+        room[target] -= lengths[row]
+    return bins
+
+
 def pack_examples(
     examples: Sequence[tuple[list[int], list[int]]], capacity: int
 ) -> list[tuple[list[int], list[int], list[int]]]:
@@ -80,8 +95,6 @@ def pack_examples(
     sequence boundaries (a block-diagonal causal mask under sdpa/eager, varlen flash-attention),
     and each example's first label is IGNORE_INDEX, so no loss crosses from one example into the next.
     """
-    from chimed_ray.distributed.packing import first_fit
-
     bins = []
     for members in first_fit([len(ids) for ids, _ in examples], capacity):
         input_ids: list[int] = []
@@ -131,11 +144,11 @@ def collate_lm(examples: Sequence[tuple[list[int], ...]], pad_token_id: int) -> 
     import torch
 
     width = max(len(example[0]) for example in examples)
-    packed = len(examples[0]) == 3
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = len(examples[0]) == 3
+    position_ids = torch.zeros((len(examples), width), dtype=torch.long) if packed else None
     for row, (ids, target, *positions) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(target)] = torch.tensor(target)
@@ -143,4 +156,4 @@ def collate_lm(examples: Sequence[tuple[list[int], ...]], pad_token_id: int) -> 
         if packed:
             position_ids[row, : len(ids)] = torch.tensor(positions[0])
             position_ids[row, len(ids):] = torch.arange(width - len(ids))
-    return LMBatch(input_ids, attention_mask, labels, position_ids if packed else None)
+    return LMBatch(input_ids, attention_mask, labels, position_ids)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from chimed_ray.algorithms import entropy_from_logits, logprobs_from_logits
+from chimed_ray.data.tokenize import first_fit
 from chimed_ray.models.heads import position_ids_from_mask
 
 if TYPE_CHECKING:
@@ -54,20 +55,6 @@ def can_pack(model: torch.nn.Module, batch: "RolloutBatch") -> bool:
         return False
     prompt_lengths = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)  # [B]
     return bool((prompt_lengths > 0).all())
-
-
-def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Row indices grouped into bins of at most `capacity` tokens, longest rows first."""
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for row in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
-        target = next((k for k, free in enumerate(room) if free >= lengths[row]), None)
-        if target is None:
-            bins.append([]), room.append(capacity)
-            target = len(bins) - 1
-        bins[target].append(row)
-        room[target] -= lengths[row]
-    return bins
 
 
 def pack_rows(batch: "RolloutBatch", pad_token_id: int = 0) -> PackedRows:

@@ -71,8 +71,6 @@ def restorable(batch: RowBatch) -> Callable[[], RowBatch]:
     writing into them, so holding today's tensors (no copy) is enough to undo the layers a failed
     step had already grown.
     """
-    if batch.cache is None:  # nothing a step could have grown
-        return lambda: batch
     layers, mask = _layers(batch.cache), batch.attention_mask
     return lambda: RowBatch(DynamicCache(ddp_cache_data=layers), mask)
 

@@ -263,17 +263,14 @@ class ContinuousBatcher:
         rows = [slot.row for slot in slots]
         device = logits.device
 
-        def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device)
-
         if any(slot.seen is not None for slot in slots):
             logits = apply_penalties(logits, self._penalties(slots, logits))
         no_eos = [i for i, row in enumerate(rows) if row.ignore_eos]
         if no_eos and self.model.eos_ids:
             eos = torch.tensor(sorted(self.model.eos_ids), device=device)
             logits[torch.tensor(no_eos, device=device)[:, None], eos] = float("-inf")
-        tokens, valid = sample_rows(logits, column([row.temperature for row in rows]),
-                                    column([row.top_p for row in rows]), [slot.generator for slot in slots])
+        tokens, valid = sample_rows(logits, _floats([row.temperature for row in rows], device),
+                                    _floats([row.top_p for row in rows], device), [slot.generator for slot in slots])
         for slot, token, ok in zip(slots, tokens.tolist(), valid.tolist()):
             if not ok:
                 self._fail([slot], "sampling failed: non-finite probabilities")
@@ -287,18 +284,15 @@ class ContinuousBatcher:
 
     @staticmethod
     def _penalties(slots: list[_Slot], logits: torch.Tensor) -> PenaltyBatch:
-        def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=logits.device)
-
         none = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         counts = None
         if any(slot.counts is not None for slot in slots):
             zero = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
             counts = torch.stack([zero if slot.counts is None else slot.counts for slot in slots])
         return PenaltyBatch(
-            repetition=column([slot.row.repetition_penalty for slot in slots]),
-            frequency=column([slot.row.frequency_penalty for slot in slots]),
-            presence=column([slot.row.presence_penalty for slot in slots]),
+            repetition=_floats([slot.row.repetition_penalty for slot in slots], logits.device),
+            frequency=_floats([slot.row.frequency_penalty for slot in slots], logits.device),
+            presence=_floats([slot.row.presence_penalty for slot in slots], logits.device),
             seen=torch.stack([none if slot.seen is None else slot.seen for slot in slots]),
             counts=counts,
         )
@@ -329,6 +323,11 @@ class ContinuousBatcher:
         submission.remaining -= 1
         if submission.remaining == 0 and not submission.future.done():
             submission.future.set_result(None)
+
+
+def _floats(values: list[float], device: torch.device | str) -> torch.Tensor:
+    """One float32 value per row, on the logits' device."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _quietly(call: Callable[..., Any], *args: Any) -> None:

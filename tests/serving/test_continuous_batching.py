@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from chimed_ray.serving.row_batch import RowBatch
 from chimed_ray.serving.sampling import PenaltyBatch, RowState, apply_penalties, make_generator, sample_rows
@@ -241,8 +242,8 @@ class StuckModel:
         self.release = threading.Event()
 
     def prefill(self, prompts):
-        cache_free = RowBatch(cache=None, attention_mask=torch.ones(len(prompts), 1, dtype=torch.long))
-        return torch.zeros(len(prompts), 4), cache_free
+        empty = RowBatch(cache=DynamicCache(), attention_mask=torch.ones(len(prompts), 1, dtype=torch.long))
+        return torch.zeros(len(prompts), 4), empty
 
     def decode(self, batch, tokens):
         self.release.wait(30)
